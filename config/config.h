@@ -1,0 +1,81 @@
+// The validated, immutable pgrelay configuration. Built once by LoadConfig
+// (config_loader.h) and shared as std::shared_ptr<const Config>; immutable, share freely.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pgrelay::config {
+
+struct Endpoint {
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;
+  std::string ToString() const;  // "host:port"
+};
+
+struct NodeConfig {
+  std::string name;
+  std::string host;
+  uint16_t port = 5432;
+  int weight = 1;  // load-balancing weight for reads (>= 0; 0 = never a read target)
+};
+
+// A user clients may log in as. The password is already resolved from
+// password / password_env / password_file at load time.
+struct UserConfig {
+  std::string name;
+  std::string password;
+};
+
+enum class AuthMethod { kScramSha256, kMd5, kTrust };
+enum class Strategy { kLeader, kFollower, kReadYourWrites, kQuorum };
+enum class LogLevel { kDebug, kInfo, kWarning, kError };
+
+std::string_view ToString(AuthMethod m);  // "scram-sha-256" | "md5" | "trust"
+std::string_view ToString(Strategy s);    // "leader" | "follower" | "read-your-writes" | "quorum"
+std::string_view ToString(LogLevel l);    // "debug" | "info" | "warning" | "error"
+
+// Credentials pgrelay uses toward the PostgreSQL nodes.
+struct BackendCredentials {
+  std::string user;
+  std::string password;  // resolved like UserConfig::password; may be empty (trust)
+};
+
+struct Limits {
+  int max_client_connections = 1000;
+  uint32_t max_message_size = 64u << 20;            // bytes; client messages larger -> 54000
+  std::chrono::milliseconds startup_timeout{10000};  // startup packet + authentication
+  std::chrono::milliseconds connect_timeout{5000};   // backend connect + backend auth
+  std::chrono::milliseconds client_idle_timeout{0};  // 0 = off
+};
+
+struct HealthConfig {
+  std::chrono::milliseconds interval{1000};
+  std::chrono::milliseconds timeout{3000};
+  std::string database = "postgres";
+};
+
+struct Config {
+  Endpoint listen{"127.0.0.1", 6432};
+  int workers = 0;  // 0 = one per core
+  std::vector<NodeConfig> nodes;
+  std::vector<UserConfig> users;
+  AuthMethod auth = AuthMethod::kScramSha256;
+  std::optional<BackendCredentials> backend;  // unset: each client's own credentials
+  Strategy strategy = Strategy::kLeader;
+  Endpoint admin_listen{"127.0.0.1", 9187};
+  Limits limits;
+  HealthConfig health;
+  LogLevel log_level = LogLevel::kInfo;
+
+  const UserConfig* FindUser(std::string_view name) const;  // nullptr if unknown
+  // Credentials for the health monitor: `backend` if set, else the first user; empty if neither
+  // (only possible with auth: trust and no users).
+  BackendCredentials MonitorCredentials() const;
+};
+
+}  // namespace pgrelay::config

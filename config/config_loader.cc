@@ -1,0 +1,664 @@
+#include "config/config_loader.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <initializer_list>
+#include <limits>
+#include <map>
+#include <optional>
+#include <set>
+#include <span>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+namespace pgrelay::config {
+namespace {
+
+using std::chrono::milliseconds;
+
+constexpr size_t kMaxConfigFileSize = 16 << 20;
+constexpr size_t kMaxPasswordFileSize = 64 << 10;
+constexpr uint64_t kMaxDurationMs = 24 * 3600 * 1000;  // 24h
+constexpr uint64_t kMinMessageSize = 1 << 10;          // 1kB
+constexpr uint64_t kMaxMessageSize = 1 << 30;          // 1GB
+constexpr std::string_view kPasswordKeys = "password, password_env or password_file";
+constexpr std::string_view kEndpointForm =
+    "host:port with a port from 1 to 65535, e.g. 127.0.0.1:6432 or [::1]:6432";
+constexpr std::string_view kDurationForm =
+    "a duration: an integer with unit ms, s, min or h (a bare integer means ms), "
+    "e.g. 500ms, 10s, 2min";
+constexpr std::string_view kSizeForm =
+    "a size: an integer number of bytes, or with unit B, kB, KB, MB or GB (1024-based), "
+    "e.g. 64MB";
+
+struct Unit {
+  std::string_view name;
+  uint64_t factor;
+};
+constexpr Unit kDurationUnits[] = {
+    {"", 1}, {"ms", 1}, {"s", 1000}, {"min", 60'000}, {"h", 3'600'000}};
+constexpr Unit kSizeUnits[] = {{"", 1},         {"B", 1},        {"kB", 1 << 10},
+                               {"KB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}};
+
+// 1-based line of a node, or 0 if yaml-cpp does not know it.
+int LineOf(const YAML::Node& node) {
+  const YAML::Mark mark = node.Mark();
+  return mark.line >= 0 ? mark.line + 1 : 0;
+}
+
+std::string KindOf(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Scalar:
+      return "a scalar";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Map:
+      return "a map";
+    case YAML::NodeType::Null:
+    case YAML::NodeType::Undefined:
+      break;
+  }
+  return "nothing";
+}
+
+// Quotes a (non-secret) value for an error message, shortening long ones.
+std::string Quote(std::string_view value) {
+  constexpr size_t kMaxShown = 40;
+  if (value.size() > kMaxShown) return "'" + std::string(value.substr(0, kMaxShown)) + "...'";
+  return "'" + std::string(value) + "'";
+}
+
+// Reads a whole file of at most max_size bytes; on failure returns false and sets *error.
+bool ReadFile(const std::string& path, size_t max_size, std::string* contents, std::string* error) {
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (file == nullptr) {
+    *error = std::generic_category().message(errno);
+    return false;
+  }
+  contents->clear();
+  char buffer[4096];
+  size_t n;
+  while (contents->size() <= max_size && (n = std::fread(buffer, 1, sizeof buffer, file)) > 0) {
+    contents->append(buffer, n);
+  }
+  const int read_errno = std::ferror(file) ? errno : 0;
+  std::fclose(file);
+  if (read_errno != 0) {
+    *error = std::generic_category().message(read_errno);
+    return false;
+  }
+  if (contents->size() > max_size) {
+    *error = "file is larger than " + std::to_string(max_size) + " bytes";
+    return false;
+  }
+  return true;
+}
+
+// Parses a plain decimal integer with an optional '-'. Saturates on overflow so that range
+// checks reject it.
+std::optional<int64_t> ParseInt(std::string_view text) {
+  int64_t value = 0;
+  const char* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(text.data(), end, value);
+  if (ptr != end || ec == std::errc::invalid_argument) return std::nullopt;
+  if (ec == std::errc::result_out_of_range) {
+    return text.starts_with('-') ? std::numeric_limits<int64_t>::min()
+                                 : std::numeric_limits<int64_t>::max();
+  }
+  return value;
+}
+
+// Parses "<digits>[ ]<unit>" (e.g. "64MB") into digits * unit factor; nullopt if malformed.
+// Saturates on overflow so that range checks reject it.
+std::optional<uint64_t> ParseWithUnit(std::string_view text, std::span<const Unit> units) {
+  constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
+  uint64_t number = 0;
+  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), number);
+  if (ptr == text.data()) return std::nullopt;
+  if (ec == std::errc::result_out_of_range) number = kMax;
+  std::string_view unit = text.substr(ptr - text.data());
+  while (unit.starts_with(' ')) unit.remove_prefix(1);
+  for (const Unit& u : units) {
+    if (u.name == unit) return number > kMax / u.factor ? kMax : number * u.factor;
+  }
+  return std::nullopt;
+}
+
+// "host:port" or "[ipv6]:port"; nullopt if malformed or the port is outside 1..65535.
+std::optional<Endpoint> ParseEndpoint(std::string_view text) {
+  std::string_view host;
+  std::string_view port;
+  if (text.starts_with('[')) {
+    const size_t close = text.find(']');
+    if (close == std::string_view::npos || text.substr(close + 1, 1) != ":") return std::nullopt;
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    const size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos) return std::nullopt;
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos) return std::nullopt;  // IPv6 needs brackets
+  }
+  const std::optional<int64_t> number = ParseInt(port);
+  if (host.empty() || !number || *number < 1 || *number > 65535) return std::nullopt;
+  return Endpoint{std::string(host), static_cast<uint16_t>(*number)};
+}
+
+template <typename T, typename U>
+void Set(const std::optional<U>& value, T* out) {
+  if (value) *out = static_cast<T>(*value);
+}
+
+// One pass over the YAML tree. Every Read* method reports its own errors and leaves the default
+// in place on failure, so one bad key never hides the others.
+class Loader {
+ public:
+  explicit Loader(std::filesystem::path base_dir) : base_dir_(std::move(base_dir)) {}
+
+  LoadResult Load(const std::string& yaml);
+
+ private:
+  // A key/value pair of a map, with the key's path and line.
+  struct Entry {
+    std::string key;
+    std::string path;
+    int line = 0;
+    YAML::Node value;
+  };
+  struct Field {
+    std::string_view name;
+    std::function<void(const Entry&)> read;
+  };
+  // Where a user's or the backend's password comes from, collected while visiting its map.
+  struct PasswordSource {
+    int count = 0;  // how many of password / password_env / password_file are set
+    std::string path;
+    int line = 0;
+    std::optional<std::string> value;  // resolved password; unset if missing or on error
+  };
+
+  void Error(std::string key, int line, std::string message) {
+    errors_.push_back({std::move(key), line, std::move(message)});
+  }
+  void Error(const Entry& e, std::string message) { Error(e.path, e.line, std::move(message)); }
+
+  // Visits the pairs of `map` in file order through `fields`, reporting duplicate and unknown
+  // keys. Null counts as an empty map (a section with all keys commented out). Returns the keys
+  // seen, or nullopt after reporting that `map` is not a map.
+  std::optional<std::set<std::string>> VisitMap(const YAML::Node& map, const std::string& path,
+                                                int line, const std::vector<Field>& fields);
+  // Visits the items of a list (null counts as empty); returns how many there were.
+  int VisitList(const Entry& e,
+                const std::function<void(const std::string& path, const YAML::Node& item)>& visit);
+
+  const std::string* Scalar(const Entry& e, std::string_view expected);
+  std::optional<std::string> ReadString(const Entry& e, bool allow_empty = false);
+  std::optional<int64_t> ReadInt(const Entry& e, int64_t min, int64_t max);
+  std::optional<Endpoint> ReadEndpoint(const Entry& e);
+  std::optional<uint64_t> ReadWithUnit(const Entry& e, std::span<const Unit> units,
+                                       std::string_view form, uint64_t min, uint64_t max,
+                                       std::string_view range);
+  std::optional<milliseconds> ReadDuration(const Entry& e, bool zero_means_off = false);
+  std::optional<uint32_t> ReadSize(const Entry& e);
+  template <typename E>
+  std::optional<E> ReadEnum(const Entry& e, std::initializer_list<E> values);
+  void ReadPassword(const Entry& e, PasswordSource* source);
+
+  void ReadRoot(const YAML::Node& root);
+  void ReadNodes(const Entry& e);
+  void ReadUsers(const Entry& e);
+  void ReadBackend(const Entry& e);
+  void ReadLimits(const Entry& e);
+  void ReadHealth(const Entry& e);
+
+  const std::filesystem::path base_dir_;  // for relative password_file paths; empty: as given
+  Config config_;
+  std::vector<ConfigError> errors_;
+  int user_count_ = 0;  // list items under `users`, valid or not
+  int users_line_ = 0;
+  bool users_not_a_list_ = false;  // already reported; "at least one user" would be noise
+  int admin_listen_line_ = 0;
+  std::vector<std::pair<std::string, int>> empty_user_passwords_;  // key path, line
+};
+
+LoadResult Loader::Load(const std::string& yaml) {
+  try {
+    const std::vector<YAML::Node> documents = YAML::LoadAll(yaml);
+    if (documents.size() > 1) {
+      Error("", LineOf(documents[1]), "the config must be a single YAML document");
+    }
+    ReadRoot(documents.empty() ? YAML::Node() : documents[0]);
+  } catch (const YAML::ParserException& e) {
+    errors_ = {{"", e.mark.line >= 0 ? e.mark.line + 1 : 0, "invalid YAML: " + e.msg}};
+  } catch (const std::exception& e) {
+    Error("", 0, std::string("unexpected error while reading the config: ") + e.what());
+  }
+  // File order; errors without a line (missing top-level keys) last.
+  std::stable_sort(errors_.begin(), errors_.end(), [](const ConfigError& a, const ConfigError& b) {
+    constexpr int kLast = std::numeric_limits<int>::max();
+    return (a.line > 0 ? a.line : kLast) < (b.line > 0 ? b.line : kLast);
+  });
+  LoadResult result;
+  if (errors_.empty()) result.config = std::make_shared<const Config>(std::move(config_));
+  result.errors = std::move(errors_);
+  return result;
+}
+
+std::optional<std::set<std::string>> Loader::VisitMap(const YAML::Node& map,
+                                                      const std::string& path, int line,
+                                                      const std::vector<Field>& fields) {
+  if (!map.IsMap() && !map.IsNull()) {
+    Error(path, line,
+          (path.empty() ? "the config must be a map of keys" : "must be a map of keys") +
+              std::string(" (got ") + KindOf(map) + ")");
+    return std::nullopt;
+  }
+  std::set<std::string> seen;
+  std::map<std::string, int> key_lines;
+  for (const auto& pair : map) {
+    const int key_line = LineOf(pair.first);
+    if (!pair.first.IsScalar()) {
+      Error(path, key_line, "keys must be plain strings (got " + KindOf(pair.first) + ")");
+      continue;
+    }
+    const std::string& key = pair.first.Scalar();
+    const std::string key_path = path.empty() ? key : path + "." + key;
+    const auto field =
+        std::find_if(fields.begin(), fields.end(), [&](const Field& f) { return f.name == key; });
+    if (field == fields.end()) {
+      std::string allowed;
+      for (const Field& f : fields) allowed += (allowed.empty() ? "" : ", ") + std::string(f.name);
+      Error(key_path, key_line, "unknown key " + Quote(key) + "; allowed keys: " + allowed);
+      continue;
+    }
+    const auto [previous, inserted] = key_lines.emplace(key, key_line);
+    if (!inserted) {
+      Error(key_path, key_line,
+            "duplicate key " + Quote(key) + " (first set on line " +
+                std::to_string(previous->second) + ")");
+      continue;
+    }
+    seen.insert(key);
+    field->read(Entry{key, key_path, key_line, pair.second});
+  }
+  return seen;
+}
+
+int Loader::VisitList(
+    const Entry& e,
+    const std::function<void(const std::string& path, const YAML::Node& item)>& visit) {
+  if (e.value.IsNull()) return 0;
+  if (!e.value.IsSequence()) {
+    Error(e, "must be a list (got " + KindOf(e.value) + ")");
+    return 0;
+  }
+  int index = 0;
+  for (const YAML::Node& item : e.value) {
+    visit(e.path + "[" + std::to_string(index) + "]", item);
+    ++index;
+  }
+  return index;
+}
+
+// The scalar text of e.value, or nullptr after reporting that it must be `expected`. The value
+// itself is never shown here, so this is safe for passwords.
+const std::string* Loader::Scalar(const Entry& e, std::string_view expected) {
+  if (e.value.IsScalar()) return &e.value.Scalar();
+  Error(e, "must be " + std::string(expected) + " (got " + KindOf(e.value) + ")");
+  return nullptr;
+}
+
+// Never shows the value: it may be a password.
+std::optional<std::string> Loader::ReadString(const Entry& e, bool allow_empty) {
+  const std::string* text = Scalar(e, "a string");
+  if (text == nullptr) return std::nullopt;
+  if (text->empty() && !allow_empty) {
+    Error(e, "must not be empty");
+    return std::nullopt;
+  }
+  if (text->find('\0') != std::string::npos) {
+    Error(e, "must not contain a NUL character");
+    return std::nullopt;
+  }
+  return *text;
+}
+
+std::optional<int64_t> Loader::ReadInt(const Entry& e, int64_t min, int64_t max) {
+  const std::string expected =
+      max == std::numeric_limits<int>::max()
+          ? "an integer >= " + std::to_string(min)
+          : "an integer from " + std::to_string(min) + " to " + std::to_string(max);
+  const std::string* text = Scalar(e, expected);
+  if (text == nullptr) return std::nullopt;
+  const std::optional<int64_t> value = ParseInt(*text);
+  if (!value || *value < min || *value > max) {
+    Error(e, "must be " + expected + " (got " + Quote(*text) + ")");
+    return std::nullopt;
+  }
+  return value;
+}
+
+std::optional<Endpoint> Loader::ReadEndpoint(const Entry& e) {
+  const std::string* text = Scalar(e, kEndpointForm);
+  if (text == nullptr) return std::nullopt;
+  std::optional<Endpoint> endpoint = ParseEndpoint(*text);
+  if (!endpoint) Error(e, "must be " + std::string(kEndpointForm) + " (got " + Quote(*text) + ")");
+  return endpoint;
+}
+
+std::optional<uint64_t> Loader::ReadWithUnit(const Entry& e, std::span<const Unit> units,
+                                             std::string_view form, uint64_t min, uint64_t max,
+                                             std::string_view range) {
+  const std::string* text = Scalar(e, form);
+  if (text == nullptr) return std::nullopt;
+  const std::optional<uint64_t> value = ParseWithUnit(*text, units);
+  if (!value) {
+    Error(e, "must be " + std::string(form) + " (got " + Quote(*text) + ")");
+    return std::nullopt;
+  }
+  if (*value < min || *value > max) {
+    Error(e, "must be " + std::string(range) + " (got " + Quote(*text) + ")");
+    return std::nullopt;
+  }
+  return value;
+}
+
+std::optional<milliseconds> Loader::ReadDuration(const Entry& e, bool zero_means_off) {
+  const std::optional<uint64_t> ms =
+      ReadWithUnit(e, kDurationUnits, kDurationForm, zero_means_off ? 0 : 1, kMaxDurationMs,
+                   zero_means_off ? "between 0 (off) and 24h" : "between 1ms and 24h");
+  if (!ms) return std::nullopt;
+  return milliseconds(*ms);
+}
+
+std::optional<uint32_t> Loader::ReadSize(const Entry& e) {
+  const std::optional<uint64_t> bytes = ReadWithUnit(e, kSizeUnits, kSizeForm, kMinMessageSize,
+                                                     kMaxMessageSize, "between 1kB and 1GB");
+  if (!bytes) return std::nullopt;
+  return static_cast<uint32_t>(*bytes);
+}
+
+template <typename E>
+std::optional<E> Loader::ReadEnum(const Entry& e, std::initializer_list<E> values) {
+  std::string expected = "one of ";
+  for (const E value : values) {
+    if (value != *values.begin()) expected += ", ";
+    expected += ToString(value);
+  }
+  const std::string* text = Scalar(e, expected);
+  if (text == nullptr) return std::nullopt;
+  for (const E value : values) {
+    if (ToString(value) == *text) return value;
+  }
+  Error(e, "must be " + expected + " (got " + Quote(*text) + ")");
+  return std::nullopt;
+}
+
+// Handles one of password / password_env / password_file. Errors never show the password.
+void Loader::ReadPassword(const Entry& e, PasswordSource* source) {
+  if (++source->count > 1) {
+    Error(e, "set only one of " + std::string(kPasswordKeys));
+    return;
+  }
+  source->path = e.path;
+  source->line = e.line;
+  if (e.key == "password") {
+    Set(ReadString(e, /*allow_empty=*/true), &source->value);
+    return;
+  }
+  const std::optional<std::string> name = ReadString(e);
+  if (!name) return;
+  if (e.key == "password_env") {
+    const char* value = std::getenv(name->c_str());
+    if (value == nullptr) {
+      Error(e, "environment variable " + Quote(*name) + " is not set");
+      return;
+    }
+    source->value = value;
+    return;
+  }
+  std::filesystem::path file(*name);
+  if (file.is_relative() && !base_dir_.empty()) file = base_dir_ / file;
+  std::string contents;
+  std::string error;
+  if (!ReadFile(file.string(), kMaxPasswordFileSize, &contents, &error)) {
+    Error(e, "cannot read password file " + file.string() + ": " + error);
+    return;
+  }
+  if (contents.ends_with("\r\n")) {
+    contents.resize(contents.size() - 2);
+  } else if (contents.ends_with('\n')) {
+    contents.pop_back();
+  }
+  if (contents.find('\0') != std::string::npos) {
+    Error(e, "password file " + file.string() + " contains a NUL byte");
+    return;
+  }
+  source->value = std::move(contents);
+}
+
+void Loader::ReadRoot(const YAML::Node& root) {
+  const auto seen = VisitMap(
+      root, "", LineOf(root),
+      {
+          {"listen", [&](const Entry& e) { Set(ReadEndpoint(e), &config_.listen); }},
+          {"workers", [&](const Entry& e) { Set(ReadInt(e, 0, 256), &config_.workers); }},
+          {"nodes", [&](const Entry& e) { ReadNodes(e); }},
+          {"users", [&](const Entry& e) { ReadUsers(e); }},
+          {"auth",
+           [&](const Entry& e) {
+             Set(ReadEnum(e, {AuthMethod::kScramSha256, AuthMethod::kMd5, AuthMethod::kTrust}),
+                 &config_.auth);
+           }},
+          {"backend", [&](const Entry& e) { ReadBackend(e); }},
+          {"routing",
+           [&](const Entry& e) {
+             VisitMap(e.value, e.path, e.line,
+                      {{"strategy", [&](const Entry& f) {
+                          Set(ReadEnum(f, {Strategy::kLeader, Strategy::kFollower,
+                                           Strategy::kReadYourWrites, Strategy::kQuorum}),
+                              &config_.strategy);
+                        }}});
+           }},
+          {"admin",
+           [&](const Entry& e) {
+             VisitMap(e.value, e.path, e.line, {{"listen", [&](const Entry& f) {
+                                                   Set(ReadEndpoint(f), &config_.admin_listen);
+                                                   admin_listen_line_ = f.line;
+                                                 }}});
+           }},
+          {"limits", [&](const Entry& e) { ReadLimits(e); }},
+          {"health", [&](const Entry& e) { ReadHealth(e); }},
+          {"log",
+           [&](const Entry& e) {
+             VisitMap(e.value, e.path, e.line,
+                      {{"level", [&](const Entry& f) {
+                          Set(ReadEnum(f, {LogLevel::kDebug, LogLevel::kInfo, LogLevel::kWarning,
+                                           LogLevel::kError}),
+                              &config_.log_level);
+                        }}});
+           }},
+      });
+  if (!seen) return;
+  if (!seen->contains("nodes")) {
+    Error("nodes", 0, "missing; list at least one node, e.g. - {name: pg1, host: 127.0.0.1}");
+  }
+  if (config_.auth != AuthMethod::kTrust) {
+    if (user_count_ == 0 && !users_not_a_list_) {
+      Error("users", users_line_,
+            "must list at least one user, e.g. - {name: app, password_env: APP_PASSWORD} "
+            "(only auth: trust allows none)");
+    }
+    for (const auto& [path, line] : empty_user_passwords_) {
+      Error(path, line,
+            "must not be empty: auth " + std::string(ToString(config_.auth)) + " needs a password");
+    }
+  }
+  if (config_.admin_listen.ToString() == config_.listen.ToString()) {
+    Error("admin.listen", admin_listen_line_,
+          "must differ from listen (" + config_.listen.ToString() + ")");
+  }
+}
+
+void Loader::ReadNodes(const Entry& e) {
+  std::map<std::string, std::string> names;      // node name -> path of the node
+  std::map<std::string, std::string> addresses;  // host:port -> path of the node
+  const int count = VisitList(e, [&](const std::string& path, const YAML::Node& item) {
+    const size_t errors_before = errors_.size();
+    NodeConfig node;
+    const auto seen = VisitMap(
+        item, path, LineOf(item),
+        {
+            {"name",
+             [&](const Entry& f) {
+               Set(ReadString(f), &node.name);
+               if (node.name.empty()) return;
+               const auto [it, inserted] = names.emplace(node.name, path);
+               if (!inserted)
+                 Error(f, "duplicate node name " + Quote(node.name) + " (also " + it->second + ")");
+             }},
+            {"host", [&](const Entry& f) { Set(ReadString(f), &node.host); }},
+            {"port", [&](const Entry& f) { Set(ReadInt(f, 1, 65535), &node.port); }},
+            {"weight",
+             [&](const Entry& f) {
+               Set(ReadInt(f, 0, std::numeric_limits<int>::max()), &node.weight);
+             }},
+        });
+    if (!seen) return;
+    if (!seen->contains("name"))
+      Error(path + ".name", LineOf(item), "missing; a node needs a name");
+    if (!seen->contains("host"))
+      Error(path + ".host", LineOf(item), "missing; a node needs a host");
+    if (errors_.size() == errors_before) {
+      const std::string address = Endpoint{node.host, node.port}.ToString();
+      const auto [it, inserted] = addresses.emplace(address, path);
+      if (!inserted) {
+        Error(path, LineOf(item), "same address " + address + " as " + it->second);
+      }
+    }
+    config_.nodes.push_back(std::move(node));
+  });
+  if (count == 0 && (e.value.IsNull() || e.value.IsSequence())) {
+    Error(e, "must list at least one node, e.g. - {name: pg1, host: 127.0.0.1}");
+  }
+}
+
+void Loader::ReadUsers(const Entry& e) {
+  users_line_ = e.line;
+  users_not_a_list_ = !e.value.IsNull() && !e.value.IsSequence();
+  std::map<std::string, std::string> names;  // user name -> path of the user
+  user_count_ = VisitList(e, [&](const std::string& path, const YAML::Node& item) {
+    UserConfig user;
+    PasswordSource password;
+    auto read_password = [&](const Entry& f) { ReadPassword(f, &password); };
+    const auto seen = VisitMap(
+        item, path, LineOf(item),
+        {
+            {"name",
+             [&](const Entry& f) {
+               Set(ReadString(f), &user.name);
+               if (user.name.empty()) return;
+               const auto [it, inserted] = names.emplace(user.name, path);
+               if (!inserted) {
+                 Error(f, "duplicate user name " + Quote(user.name) + " (also " + it->second + ")");
+               }
+             }},
+            {"password", read_password},
+            {"password_env", read_password},
+            {"password_file", read_password},
+        });
+    if (!seen) return;
+    if (!seen->contains("name"))
+      Error(path + ".name", LineOf(item), "missing; a user needs a name");
+    if (password.count == 0) {
+      Error(path, LineOf(item), "missing password; set one of " + std::string(kPasswordKeys));
+    } else if (password.value && password.value->empty()) {
+      empty_user_passwords_.emplace_back(password.path, password.line);
+    }
+    user.password = password.value.value_or("");
+    config_.users.push_back(std::move(user));
+  });
+}
+
+void Loader::ReadBackend(const Entry& e) {
+  if (e.value.IsNull()) return;  // `backend:` with nothing below: unset
+  BackendCredentials backend;
+  PasswordSource password;
+  auto read_password = [&](const Entry& f) { ReadPassword(f, &password); };
+  const auto seen =
+      VisitMap(e.value, e.path, e.line,
+               {
+                   {"user", [&](const Entry& f) { Set(ReadString(f), &backend.user); }},
+                   {"password", read_password},
+                   {"password_env", read_password},
+                   {"password_file", read_password},
+               });
+  if (!seen) return;
+  if (!seen->contains("user")) {
+    Error(e.path + ".user", e.line, "missing; the user pgrelay logs in to the nodes as");
+  }
+  backend.password = password.value.value_or("");
+  config_.backend = std::move(backend);
+}
+
+void Loader::ReadLimits(const Entry& e) {
+  Limits& limits = config_.limits;
+  VisitMap(
+      e.value, e.path, e.line,
+      {
+          {"max_client_connections",
+           [&](const Entry& f) { Set(ReadInt(f, 1, 1'000'000), &limits.max_client_connections); }},
+          {"max_message_size", [&](const Entry& f) { Set(ReadSize(f), &limits.max_message_size); }},
+          {"startup_timeout",
+           [&](const Entry& f) { Set(ReadDuration(f), &limits.startup_timeout); }},
+          {"connect_timeout",
+           [&](const Entry& f) { Set(ReadDuration(f), &limits.connect_timeout); }},
+          {"client_idle_timeout",
+           [&](const Entry& f) {
+             Set(ReadDuration(f, /*zero_means_off=*/true), &limits.client_idle_timeout);
+           }},
+      });
+}
+
+void Loader::ReadHealth(const Entry& e) {
+  HealthConfig& health = config_.health;
+  VisitMap(e.value, e.path, e.line,
+           {
+               {"interval", [&](const Entry& f) { Set(ReadDuration(f), &health.interval); }},
+               {"timeout", [&](const Entry& f) { Set(ReadDuration(f), &health.timeout); }},
+               {"database", [&](const Entry& f) { Set(ReadString(f), &health.database); }},
+           });
+}
+
+}  // namespace
+
+std::string ConfigError::ToString() const {
+  std::string out;
+  if (line > 0) out += "line " + std::to_string(line) + ": ";
+  if (!key.empty()) out += key + ": ";
+  return out + message;
+}
+
+LoadResult LoadConfigFile(const std::string& path) {
+  std::string yaml;
+  std::string error;
+  if (!ReadFile(path, kMaxConfigFileSize, &yaml, &error)) {
+    LoadResult result;
+    result.errors.push_back({"", 0, "cannot read config file " + path + ": " + error});
+    return result;
+  }
+  return Loader(std::filesystem::path(path).parent_path()).Load(yaml);
+}
+
+LoadResult LoadConfigString(const std::string& yaml) { return Loader({}).Load(yaml); }
+
+}  // namespace pgrelay::config

@@ -1,0 +1,78 @@
+// pgrelay: a read/write-splitting PostgreSQL proxy. Command line entry point.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "config/config_loader.h"
+#include "config/log.h"
+#include "health/monitor.h"
+#include "proxy/server.h"
+
+#ifndef PGRELAY_VERSION
+#define PGRELAY_VERSION "0.0.0"
+#endif
+
+namespace {
+
+constexpr const char* kUsage =
+    "pgrelay - a read/write-splitting proxy for PostgreSQL\n"
+    "\n"
+    "Usage:\n"
+    "  pgrelay --config FILE         run with the YAML config FILE\n"
+    "  pgrelay --check-config FILE   validate FILE, print every problem, exit 0 (valid) or 1\n"
+    "  pgrelay --version             print the version\n"
+    "  pgrelay --help                print this help\n";
+
+int PrintErrors(const std::string& path, const pgrelay::config::LoadResult& result) {
+  for (const auto& e : result.errors)
+    std::fprintf(stderr, "%s: %s\n", path.c_str(), e.ToString().c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config_path;
+  bool check_only = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (arg == "--version" || arg == "-V") {
+      std::printf("pgrelay %s\n", PGRELAY_VERSION);
+      return 0;
+    }
+    if ((arg == "--config" || arg == "-c" || arg == "--check-config") && i + 1 < argc) {
+      check_only = check_only || arg == "--check-config";
+      config_path = argv[++i];
+      continue;
+    }
+    std::fprintf(stderr, "pgrelay: unknown or incomplete argument '%s'\n\n%s", arg.c_str(), kUsage);
+    return 2;
+  }
+  if (config_path.empty()) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  auto result = pgrelay::config::LoadConfigFile(config_path);
+  if (!result.errors.empty()) return PrintErrors(config_path, result);
+  if (check_only) {
+    std::printf("%s: configuration is valid\n", config_path.c_str());
+    return 0;
+  }
+  pgrelay::Log::SetLevel(result.config->log_level);
+  PGRELAY_LOG(kInfo, "server",
+              "pgrelay " << PGRELAY_VERSION << " starting, config " << config_path << ", strategy "
+                         << pgrelay::config::ToString(result.config->strategy));
+  pgrelay::health::Monitor monitor(result.config);
+  monitor.Start();
+  int rc = 0;
+  {
+    pgrelay::proxy::Server server(result.config, &monitor);
+    rc = server.Run();
+  }
+  monitor.Stop();
+  return rc;
+}

@@ -1,0 +1,80 @@
+// SCRAM-SHA-256 (RFC 5802 / RFC 7677) as PostgreSQL uses it, both sides.
+// ScramServer / ScramClient run one exchange each; owned by one session, not thread-safe.
+// ScramSecret is immutable; share freely.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "proxy/protocol/crypto_util.h"
+
+namespace pgrelay::protocol {
+
+inline constexpr std::string_view kScramMechanism = "SCRAM-SHA-256";
+inline constexpr int kScramDefaultIterations = 4096;
+
+// What the server stores for a user (as in pg_authid.rolpassword).
+struct ScramSecret {
+  std::string salt;  // raw bytes
+  int iterations = kScramDefaultIterations;
+  Sha256Digest stored_key{};
+  Sha256Digest server_key{};
+};
+
+ScramSecret MakeScramSecret(std::string_view password, std::string_view salt, int iterations);
+ScramSecret MakeScramSecret(std::string_view password);  // random 16-byte salt, 4096 iterations
+// Parses PostgreSQL's "SCRAM-SHA-256$<iter>:<b64 salt>$<b64 StoredKey>:<b64 ServerKey>".
+std::optional<ScramSecret> ParseScramSecret(std::string_view text);
+std::string FormatScramSecret(const ScramSecret& secret);  // inverse of ParseScramSecret
+
+enum class ScramStatus {
+  kOk,
+  kMalformed,   // protocol violation: the client's message does not follow RFC 5802 (08P01)
+  kAuthFailed,  // wrong password, or an unknown user (mock exchange) (28P01)
+};
+
+// Server side of one exchange. With secret == nullptr it runs a mock exchange (as PostgreSQL
+// does for unknown users) that always ends in kAuthFailed, so user existence is not revealed.
+class ScramServer {
+ public:
+  explicit ScramServer(const ScramSecret* secret, std::string server_nonce = {});
+  // client-first-message ("n,,n=,r=<nonce>"; "y,," accepted; "p=" refused as kMalformed
+  // since pgrelay offers no channel binding yet). On kOk, *server_first is set.
+  ScramStatus HandleClientFirst(std::string_view client_first, std::string* server_first);
+  // client-final-message. On kOk, *server_final ("v=...") is set.
+  ScramStatus HandleClientFinal(std::string_view client_final, std::string* server_final);
+
+ private:
+  enum class Step { kClientFirst, kClientFinal, kDone };
+  Step step_ = Step::kClientFirst;
+  const ScramSecret* secret_;
+  ScramSecret mock_;
+  std::string server_nonce_;
+  std::string client_first_bare_;
+  std::string server_first_;
+  std::string combined_nonce_;
+  std::string gs2_header_;
+};
+
+// Client side of one exchange (pgrelay logging in to a PostgreSQL node).
+class ScramClient {
+ public:
+  // `user` goes into "n=" (PostgreSQL clients leave it empty: the user is in the startup packet).
+  explicit ScramClient(std::string password, std::string client_nonce = {}, std::string user = {});
+  std::string ClientFirst();  // "n,,n=,r=<nonce>"
+  ScramStatus HandleServerFirst(std::string_view server_first, std::string* client_final);
+  // kOk only if the server's signature proves it knows the password.
+  ScramStatus VerifyServerFinal(std::string_view server_final);
+
+ private:
+  enum class Step { kClientFirst, kServerFirst, kServerFinal, kDone };
+  Step step_ = Step::kClientFirst;
+  std::string password_;
+  std::string client_nonce_;
+  std::string user_;
+  std::string client_first_bare_;
+  Sha256Digest server_signature_{};
+};
+
+}  // namespace pgrelay::protocol

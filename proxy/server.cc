@@ -1,0 +1,126 @@
+#include "proxy/server.h"
+
+#include <boost/asio/signal_set.hpp>
+#include <thread>
+#include <vector>
+
+#include "config/log.h"
+#include "proxy/asio_common.h"
+#include "proxy/auth_directory.h"
+#include "proxy/buffer_pool.h"
+#include "proxy/cancel_registry.h"
+#include "proxy/client_session.h"
+#include "proxy/server_context.h"
+
+namespace pgrelay::proxy {
+
+namespace {
+
+// One thread running one io_context; every session on it stays on it.
+struct Worker {
+  asio::io_context io{1};
+  asio::executor_work_guard<asio::io_context::executor_type> guard{io.get_executor()};
+  BufferPool pool;
+  std::thread thread;
+};
+
+awaitable<void> RunSession(tcp::socket socket, ServerContext* context, BufferPool* pool) {
+  ClientSession session(std::move(socket), *context, *pool);
+  co_await session.Run();
+}
+
+}  // namespace
+
+struct Server::Impl {
+  std::shared_ptr<const config::Config> config;
+  health::Monitor* monitor;
+  AuthDirectory auth;
+  CancelRegistry cancels;
+  ServerContext context;
+  asio::io_context main_io{1};
+  std::vector<std::unique_ptr<Worker>> workers;
+
+  Impl(std::shared_ptr<const config::Config> c, health::Monitor* m)
+      : config(std::move(c)), monitor(m), auth(*config) {
+    context.config = config;
+    context.monitor = monitor;
+    context.auth = &auth;
+    context.cancels = &cancels;
+  }
+
+  awaitable<void> Accept(tcp::acceptor& acceptor) {
+    size_t next = 0;
+    for (;;) {
+      Worker& w = *workers[next];
+      next = (next + 1) % workers.size();
+      auto [ec, socket] = co_await acceptor.async_accept(w.io, kNoThrow);
+      if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+      if (ec) {
+        PGRELAY_LOG(kWarning, "listener", "accept failed: " << ec.message());
+        if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space) {
+          // Out of file descriptors: back off briefly instead of spinning.
+          asio::steady_timer t(acceptor.get_executor(), std::chrono::milliseconds(50));
+          co_await t.async_wait(kNoThrow);
+        }
+        continue;
+      }
+      asio::co_spawn(w.io, RunSession(std::move(socket), &context, &w.pool), asio::detached);
+    }
+  }
+};
+
+Server::Server(std::shared_ptr<const config::Config> config, health::Monitor* monitor)
+    : impl_(std::make_unique<Impl>(std::move(config), monitor)) {}
+
+Server::~Server() = default;
+
+int Server::Run() {
+  Impl& s = *impl_;
+  int n = s.config->workers > 0
+              ? s.config->workers
+              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  for (int i = 0; i < n; ++i) s.workers.push_back(std::make_unique<Worker>());
+
+  tcp::acceptor acceptor(s.main_io);
+  error_code ec;
+  auto address = asio::ip::make_address(s.config->listen.host, ec);
+  if (ec) {
+    PGRELAY_LOG(kError, "listener", "invalid listen address " << s.config->listen.ToString());
+    return 1;
+  }
+  tcp::endpoint endpoint(address, s.config->listen.port);
+  acceptor.open(endpoint.protocol(), ec);
+  if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) acceptor.bind(endpoint, ec);
+  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    PGRELAY_LOG(kError, "listener",
+                "cannot listen on " << s.config->listen.ToString() << ": " << ec.message());
+    return 1;
+  }
+
+  for (auto& w : s.workers) w->thread = std::thread([&io = w->io] { io.run(); });
+
+  asio::signal_set signals(s.main_io, SIGINT, SIGTERM);
+  signals.async_wait([&](error_code, int signo) {
+    PGRELAY_LOG(kInfo, "server", "received signal " << signo << ", shutting down");
+    error_code ignored;
+    acceptor.close(ignored);
+  });
+  asio::co_spawn(s.main_io, s.Accept(acceptor), asio::detached);
+  PGRELAY_LOG(kInfo, "server",
+              "listening on " << s.config->listen.ToString() << " with " << n << " workers");
+  s.main_io.run();
+
+  // Stop the workers; destroying their io_contexts ends every session (sockets close).
+  for (auto& w : s.workers) {
+    w->guard.reset();
+    w->io.stop();
+  }
+  for (auto& w : s.workers) w->thread.join();
+  s.workers.clear();
+  PGRELAY_LOG(kInfo, "server", "stopped");
+  return 0;
+}
+
+}  // namespace pgrelay::proxy

@@ -1,0 +1,24 @@
+// The proxy process: N worker threads (one io_context each), the listener that hands accepted
+// connections to workers round-robin, and shutdown on SIGINT/SIGTERM. Run() from main only.
+#pragma once
+
+#include <memory>
+
+#include "config/config.h"
+#include "health/monitor.h"
+
+namespace pgrelay::proxy {
+
+class Server {
+ public:
+  Server(std::shared_ptr<const config::Config> config, health::Monitor* monitor);
+  ~Server();
+  // Listens and serves until SIGINT or SIGTERM. Returns the process exit code.
+  int Run();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pgrelay::proxy

@@ -1,0 +1,24 @@
+// What every session needs from the process: config, topology, users, cancel keys, counters.
+// Shared by all workers: the pointers are set once at start-up; the counters are atomics
+// touched once per connection, never per message.
+#pragma once
+
+#include <atomic>
+#include <memory>
+
+#include "config/config.h"
+#include "health/monitor.h"
+#include "proxy/auth_directory.h"
+#include "proxy/cancel_registry.h"
+
+namespace pgrelay::proxy {
+
+struct ServerContext {
+  std::shared_ptr<const config::Config> config;
+  const health::Monitor* monitor = nullptr;
+  const AuthDirectory* auth = nullptr;
+  CancelRegistry* cancels = nullptr;
+  std::atomic<int> client_connections{0};
+};
+
+}  // namespace pgrelay::proxy

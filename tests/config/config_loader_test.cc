@@ -1,0 +1,631 @@
+#include "config/config_loader.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#ifndef PGRELAY_TEST_DATA_DIR
+#define PGRELAY_TEST_DATA_DIR "tests"
+#endif
+
+namespace pgrelay::config {
+namespace {
+
+using std::chrono::milliseconds;
+
+// Minimal valid config; tests append sections to it.
+constexpr char kBase[] = R"(nodes:
+  - {name: pg1, host: 127.0.0.1}
+users:
+  - {name: app, password: secret}
+)";
+
+std::string AllErrors(const LoadResult& result) {
+  std::string out;
+  for (const ConfigError& e : result.errors) out += e.ToString() + "\n";
+  return out;
+}
+
+// Loads yaml that must be valid and returns the config.
+Config MustLoad(const std::string& yaml) {
+  const LoadResult result = LoadConfigString(yaml);
+  EXPECT_TRUE(result.errors.empty()) << AllErrors(result);
+  if (result.config == nullptr) return Config{};
+  return *result.config;
+}
+
+// Loads yaml that must fail with exactly one error and returns it.
+ConfigError SingleError(const std::string& yaml) {
+  const LoadResult result = LoadConfigString(yaml);
+  EXPECT_EQ(result.config, nullptr);
+  EXPECT_EQ(result.errors.size(), 1u) << AllErrors(result);
+  return result.errors.empty() ? ConfigError{} : result.errors.front();
+}
+
+// A scratch directory, removed with everything in it.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "pgrelay_config_XXXXXX");
+    path_ = mkdtemp(pattern.data());
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  std::string Write(const std::string& name, const std::string& contents) const {
+    const std::filesystem::path file = path_ / name;
+    std::filesystem::create_directories(file.parent_path());
+    std::ofstream(file, std::ios::binary) << contents;
+    return file.string();
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+TEST(ConfigLoaderTest, ExampleFileLoadsWithDefaults) {
+  const LoadResult result = LoadConfigFile(PGRELAY_TEST_DATA_DIR "/../config/pgrelay.example.yaml");
+  ASSERT_TRUE(result.errors.empty()) << AllErrors(result);
+  ASSERT_NE(result.config, nullptr);
+  const Config& c = *result.config;
+  const Config defaults;
+  ASSERT_EQ(c.nodes.size(), 3u);
+  for (size_t i = 0; i < c.nodes.size(); ++i) {
+    EXPECT_EQ(c.nodes[i].name, "pg" + std::to_string(i + 1));
+    EXPECT_EQ(c.nodes[i].host, "127.0.0.1");
+    EXPECT_EQ(c.nodes[i].port, 5432 + i);
+    EXPECT_EQ(c.nodes[i].weight, 1);
+  }
+  ASSERT_EQ(c.users.size(), 1u);
+  EXPECT_EQ(c.users[0].name, "app");
+  EXPECT_FALSE(c.users[0].password.empty());
+  EXPECT_EQ(c.listen.ToString(), defaults.listen.ToString());
+  EXPECT_EQ(c.workers, defaults.workers);
+  EXPECT_EQ(c.auth, defaults.auth);
+  EXPECT_FALSE(c.backend.has_value());
+  EXPECT_EQ(c.strategy, Strategy::kLeader);
+  EXPECT_EQ(c.admin_listen.ToString(), defaults.admin_listen.ToString());
+  EXPECT_EQ(c.limits.max_client_connections, defaults.limits.max_client_connections);
+  EXPECT_EQ(c.limits.max_message_size, defaults.limits.max_message_size);
+  EXPECT_EQ(c.limits.startup_timeout, defaults.limits.startup_timeout);
+  EXPECT_EQ(c.limits.connect_timeout, defaults.limits.connect_timeout);
+  EXPECT_EQ(c.limits.client_idle_timeout, defaults.limits.client_idle_timeout);
+  EXPECT_EQ(c.health.interval, defaults.health.interval);
+  EXPECT_EQ(c.health.timeout, defaults.health.timeout);
+  EXPECT_EQ(c.health.database, defaults.health.database);
+  EXPECT_EQ(c.log_level, defaults.log_level);
+}
+
+TEST(ConfigLoaderTest, MinimalConfigGetsDefaults) {
+  const Config c = MustLoad(kBase);
+  ASSERT_EQ(c.nodes.size(), 1u);
+  EXPECT_EQ(c.nodes[0].name, "pg1");
+  EXPECT_EQ(c.nodes[0].port, 5432);
+  EXPECT_EQ(c.nodes[0].weight, 1);
+  EXPECT_EQ(c.listen.ToString(), "127.0.0.1:6432");
+  EXPECT_EQ(c.workers, 0);
+  EXPECT_EQ(c.auth, AuthMethod::kScramSha256);
+  EXPECT_FALSE(c.backend.has_value());
+  EXPECT_EQ(c.strategy, Strategy::kLeader);
+  EXPECT_EQ(c.admin_listen.ToString(), "127.0.0.1:9187");
+  EXPECT_EQ(c.limits.max_client_connections, 1000);
+  EXPECT_EQ(c.limits.max_message_size, 64u << 20);
+  EXPECT_EQ(c.limits.startup_timeout, milliseconds(10000));
+  EXPECT_EQ(c.limits.connect_timeout, milliseconds(5000));
+  EXPECT_EQ(c.limits.client_idle_timeout, milliseconds(0));
+  EXPECT_EQ(c.health.interval, milliseconds(1000));
+  EXPECT_EQ(c.health.timeout, milliseconds(3000));
+  EXPECT_EQ(c.health.database, "postgres");
+  EXPECT_EQ(c.log_level, LogLevel::kInfo);
+}
+
+TEST(ConfigLoaderTest, AllKeysSet) {
+  const Config c = MustLoad(R"(listen: 0.0.0.0:7000
+workers: 4
+nodes:
+  - {name: a, host: db1.example, port: 6000, weight: 0}
+  - name: b
+    host: "::1"
+    weight: 3
+users:
+  - {name: app, password: secret}
+  - {name: other, password: ""}
+auth: trust
+backend: {user: relay, password: relaypw}
+routing: {strategy: quorum}
+admin: {listen: "[::1]:9000"}
+limits:
+  max_client_connections: 1000000
+  max_message_size: 1GB
+  startup_timeout: 500ms
+  connect_timeout: 2min
+  client_idle_timeout: 1h
+health: {interval: 250, timeout: 2s, database: template1}
+log: {level: debug}
+)");
+  EXPECT_EQ(c.listen.ToString(), "0.0.0.0:7000");
+  EXPECT_EQ(c.workers, 4);
+  ASSERT_EQ(c.nodes.size(), 2u);
+  EXPECT_EQ(c.nodes[0].host, "db1.example");
+  EXPECT_EQ(c.nodes[0].port, 6000);
+  EXPECT_EQ(c.nodes[0].weight, 0);
+  EXPECT_EQ(c.nodes[1].host, "::1");
+  EXPECT_EQ(c.nodes[1].weight, 3);
+  ASSERT_EQ(c.users.size(), 2u);
+  EXPECT_EQ(c.users[1].password, "");  // allowed with auth: trust
+  EXPECT_EQ(c.auth, AuthMethod::kTrust);
+  ASSERT_TRUE(c.backend.has_value());
+  EXPECT_EQ(c.backend->user, "relay");
+  EXPECT_EQ(c.backend->password, "relaypw");
+  EXPECT_EQ(c.strategy, Strategy::kQuorum);
+  EXPECT_EQ(c.admin_listen.host, "::1");
+  EXPECT_EQ(c.admin_listen.port, 9000);
+  EXPECT_EQ(c.admin_listen.ToString(), "[::1]:9000");
+  EXPECT_EQ(c.limits.max_client_connections, 1000000);
+  EXPECT_EQ(c.limits.max_message_size, 1u << 30);
+  EXPECT_EQ(c.limits.startup_timeout, milliseconds(500));
+  EXPECT_EQ(c.limits.connect_timeout, milliseconds(120000));
+  EXPECT_EQ(c.limits.client_idle_timeout, milliseconds(3600000));
+  EXPECT_EQ(c.health.interval, milliseconds(250));
+  EXPECT_EQ(c.health.timeout, milliseconds(2000));
+  EXPECT_EQ(c.health.database, "template1");
+  EXPECT_EQ(c.log_level, LogLevel::kDebug);
+}
+
+TEST(ConfigLoaderTest, EveryEnumValue) {
+  for (AuthMethod m : {AuthMethod::kScramSha256, AuthMethod::kMd5, AuthMethod::kTrust}) {
+    const std::string name(ToString(m));
+    EXPECT_EQ(MustLoad(std::string(kBase) + "auth: " + name + "\n").auth, m) << name;
+  }
+  for (Strategy s :
+       {Strategy::kLeader, Strategy::kFollower, Strategy::kReadYourWrites, Strategy::kQuorum}) {
+    const std::string name(ToString(s));
+    EXPECT_EQ(MustLoad(std::string(kBase) + "routing: {strategy: " + name + "}\n").strategy, s)
+        << name;
+  }
+  for (LogLevel l : {LogLevel::kDebug, LogLevel::kInfo, LogLevel::kWarning, LogLevel::kError}) {
+    const std::string name(ToString(l));
+    EXPECT_EQ(MustLoad(std::string(kBase) + "log: {level: " + name + "}\n").log_level, l) << name;
+  }
+  EXPECT_EQ(ToString(AuthMethod::kScramSha256), "scram-sha-256");
+  EXPECT_EQ(ToString(Strategy::kReadYourWrites), "read-your-writes");
+  EXPECT_EQ(ToString(LogLevel::kWarning), "warning");
+}
+
+TEST(ConfigLoaderTest, BadEnumValuesListTheAllowedOnes) {
+  ConfigError e = SingleError(std::string(kBase) + "auth: sha1\n");
+  EXPECT_EQ(e.key, "auth");
+  EXPECT_EQ(e.line, 5);
+  EXPECT_EQ(e.message, "must be one of scram-sha-256, md5, trust (got 'sha1')");
+
+  e = SingleError(std::string(kBase) + "routing: {strategy: Leader}\n");
+  EXPECT_EQ(e.key, "routing.strategy");
+  EXPECT_EQ(e.message, "must be one of leader, follower, read-your-writes, quorum (got 'Leader')");
+
+  e = SingleError(std::string(kBase) + "log:\n  level: warn\n");
+  EXPECT_EQ(e.key, "log.level");
+  EXPECT_EQ(e.line, 6);
+  EXPECT_EQ(e.message, "must be one of debug, info, warning, error (got 'warn')");
+}
+
+TEST(ConfigLoaderTest, Durations) {
+  const std::pair<const char*, int64_t> kValid[] = {
+      {"1", 1},          {"500ms", 500}, {"10s", 10000},   {"2min", 120000},       {"1h", 3600000},
+      {"24h", 86400000}, {"1 s", 1000},  {"0010s", 10000}, {"86400000", 86400000},
+  };
+  for (const auto& [text, ms] : kValid) {
+    const Config c = MustLoad(std::string(kBase) + "limits: {startup_timeout: " + text + "}\n");
+    EXPECT_EQ(c.limits.startup_timeout, milliseconds(ms)) << text;
+  }
+  EXPECT_EQ(MustLoad(std::string(kBase) + "limits: {client_idle_timeout: 0}\n")
+                .limits.client_idle_timeout,
+            milliseconds(0));
+  EXPECT_EQ(MustLoad(std::string(kBase) + "limits: {client_idle_timeout: 30min}\n")
+                .limits.client_idle_timeout,
+            milliseconds(1800000));
+
+  const char* kMalformed[] = {"abc", "1.5s", "-1s", "10 sec", "10S", "s", "1d", "\"\""};
+  for (const char* text : kMalformed) {
+    const ConfigError e =
+        SingleError(std::string(kBase) + "limits: {connect_timeout: " + text + "}\n");
+    EXPECT_EQ(e.key, "limits.connect_timeout") << text;
+    EXPECT_EQ(e.line, 5) << text;
+    EXPECT_NE(e.message.find("must be a duration: an integer with unit ms, s, min or h"),
+              std::string::npos)
+        << e.message;
+  }
+  const char* kOutOfRange[] = {"0", "0s", "25h", "86400001", "99999999999999999999h"};
+  for (const char* text : kOutOfRange) {
+    const ConfigError e = SingleError(std::string(kBase) + "health: {interval: " + text + "}\n");
+    EXPECT_EQ(e.key, "health.interval") << text;
+    EXPECT_EQ(e.message, "must be between 1ms and 24h (got '" + std::string(text) + "')");
+  }
+  EXPECT_EQ(SingleError(std::string(kBase) + "limits: {client_idle_timeout: 25h}\n").message,
+            "must be between 0 (off) and 24h (got '25h')");
+}
+
+TEST(ConfigLoaderTest, Sizes) {
+  const std::pair<const char*, uint32_t> kValid[] = {
+      {"1024", 1024},       {"1kB", 1024},      {"1KB", 1024},     {"2048B", 2048},
+      {"512kB", 512 << 10}, {"64MB", 64 << 20}, {"1GB", 1u << 30}, {"16 MB", 16 << 20},
+  };
+  for (const auto& [text, bytes] : kValid) {
+    const Config c = MustLoad(std::string(kBase) + "limits: {max_message_size: " + text + "}\n");
+    EXPECT_EQ(c.limits.max_message_size, bytes) << text;
+  }
+  const char* kMalformed[] = {"64mb", "1TB", "abc", "1.5MB", "-1kB", "MB"};
+  for (const char* text : kMalformed) {
+    const ConfigError e =
+        SingleError(std::string(kBase) + "limits: {max_message_size: " + text + "}\n");
+    EXPECT_EQ(e.key, "limits.max_message_size") << text;
+    EXPECT_NE(e.message.find("must be a size"), std::string::npos) << e.message;
+  }
+  const char* kOutOfRange[] = {"0", "1023", "1023B", "2GB", "1025MB", "99999999999999999999GB"};
+  for (const char* text : kOutOfRange) {
+    const ConfigError e =
+        SingleError(std::string(kBase) + "limits: {max_message_size: " + text + "}\n");
+    EXPECT_EQ(e.message, "must be between 1kB and 1GB (got '" + std::string(text) + "')");
+  }
+}
+
+TEST(ConfigLoaderTest, IntegerRanges) {
+  EXPECT_EQ(MustLoad(std::string(kBase) + "workers: 256\n").workers, 256);
+  struct Case {
+    const char* yaml;
+    const char* key;
+    const char* message;
+  };
+  const Case kCases[] = {
+      {"workers: 257\n", "workers", "must be an integer from 0 to 256 (got '257')"},
+      {"workers: -1\n", "workers", "must be an integer from 0 to 256 (got '-1')"},
+      {"workers: 1.0\n", "workers", "must be an integer from 0 to 256 (got '1.0')"},
+      {"workers: 99999999999999999999\n", "workers",
+       "must be an integer from 0 to 256 (got '99999999999999999999')"},
+      {"limits: {max_client_connections: 0}\n", "limits.max_client_connections",
+       "must be an integer from 1 to 1000000 (got '0')"},
+  };
+  for (const Case& c : kCases) {
+    const ConfigError e = SingleError(std::string(kBase) + c.yaml);
+    EXPECT_EQ(e.key, c.key) << c.yaml;
+    EXPECT_EQ(e.message, c.message) << c.yaml;
+  }
+  const ConfigError e = SingleError(R"(nodes: [{name: a, host: h, weight: -1}]
+users: [{name: app, password: x}]
+)");
+  EXPECT_EQ(e.key, "nodes[0].weight");
+  EXPECT_EQ(e.message, "must be an integer >= 0 (got '-1')");
+}
+
+TEST(ConfigLoaderTest, Endpoints) {
+  EXPECT_EQ(MustLoad(std::string(kBase) + "listen: \"[::]:5000\"\n").listen.ToString(),
+            "[::]:5000");
+  EXPECT_EQ(MustLoad(std::string(kBase) + "listen: localhost:1\n").listen.host, "localhost");
+  const char* kBad[] = {"127.0.0.1",   "'127.0.0.1:'", "':6432'",    "127.0.0.1:0",
+                        "h:65536",     "h:port",       "'::1:6432'", "'[::1]'",
+                        "'[::1]6432'", "6432",         "'[]:5432'"};
+  for (const char* text : kBad) {
+    const ConfigError e = SingleError(std::string(kBase) + "listen: " + text + "\n");
+    EXPECT_EQ(e.key, "listen") << text;
+    EXPECT_NE(e.message.find("must be host:port with a port from 1 to 65535"), std::string::npos)
+        << e.message;
+  }
+  const ConfigError e = SingleError(std::string(kBase) + "admin: {listen: 127.0.0.1:6432}\n");
+  EXPECT_EQ(e.key, "admin.listen");
+  EXPECT_EQ(e.line, 5);
+  EXPECT_EQ(e.message, "must differ from listen (127.0.0.1:6432)");
+}
+
+TEST(ConfigLoaderTest, ReportsAllErrorsAtOnceInFileOrder) {
+  const LoadResult result = LoadConfigString(R"(listen: nowhere
+workers: many
+nodes:
+  - {name: pg1, host: 127.0.0.1, port: 5432}
+  - {name: pg2, host: 127.0.0.1, port: abc}
+  - name: pg3
+    port: 70000
+users:
+  - {name: app, password_env: PGRELAY_TEST_SURELY_UNSET_VAR}
+auth: sha1
+limits:
+  startup_timeout: forever
+  max_message_size: 64XB
+)");
+  EXPECT_EQ(result.config, nullptr);
+  const std::vector<std::pair<std::string, int>> expected = {
+      {"listen", 1},
+      {"workers", 2},
+      {"nodes[1].port", 5},
+      {"nodes[2].host", 6},
+      {"nodes[2].port", 7},
+      {"users[0].password_env", 9},
+      {"auth", 10},
+      {"limits.startup_timeout", 12},
+      {"limits.max_message_size", 13},
+  };
+  std::vector<std::pair<std::string, int>> actual;
+  for (const ConfigError& e : result.errors) actual.emplace_back(e.key, e.line);
+  EXPECT_EQ(actual, expected) << AllErrors(result);
+  ASSERT_EQ(result.errors.size(), expected.size());
+  EXPECT_EQ(result.errors[2].ToString(),
+            "line 5: nodes[1].port: must be an integer from 1 to 65535 (got 'abc')");
+  EXPECT_EQ(result.errors[3].message, "missing; a node needs a host");
+  EXPECT_EQ(result.errors[5].message,
+            "environment variable 'PGRELAY_TEST_SURELY_UNSET_VAR' is not set");
+}
+
+TEST(ConfigLoaderTest, UnknownKeys) {
+  const LoadResult result = LoadConfigString(R"(listne: 127.0.0.1:6432
+nodes:
+  - {name: pg1, host: h, prot: 5432}
+users:
+  - {name: app, password: x, pasword: y}
+limits:
+  max_conections: 5
+backend: {user: u, pass: p}
+)");
+  ASSERT_EQ(result.errors.size(), 5u) << AllErrors(result);
+  EXPECT_EQ(result.errors[0].key, "listne");
+  EXPECT_EQ(result.errors[0].line, 1);
+  EXPECT_EQ(result.errors[0].message.rfind("unknown key 'listne'; allowed keys: listen, ", 0), 0u)
+      << result.errors[0].message;
+  EXPECT_EQ(result.errors[1].key, "nodes[0].prot");
+  EXPECT_EQ(result.errors[1].line, 3);
+  EXPECT_EQ(result.errors[1].message, "unknown key 'prot'; allowed keys: name, host, port, weight");
+  EXPECT_EQ(result.errors[2].key, "users[0].pasword");
+  EXPECT_EQ(result.errors[3].key, "limits.max_conections");
+  EXPECT_EQ(result.errors[3].line, 7);
+  EXPECT_EQ(result.errors[4].key, "backend.pass");
+}
+
+TEST(ConfigLoaderTest, DuplicateNamesAndAddresses) {
+  const LoadResult result = LoadConfigString(R"(nodes:
+  - {name: pg1, host: 127.0.0.1, port: 5432}
+  - {name: pg1, host: 127.0.0.1, port: 5433}
+  - {name: pg3, host: 127.0.0.1}
+users:
+  - {name: app, password: x}
+  - {name: app, password: y}
+)");
+  ASSERT_EQ(result.errors.size(), 3u) << AllErrors(result);
+  EXPECT_EQ(result.errors[0].ToString(),
+            "line 3: nodes[1].name: duplicate node name 'pg1' (also nodes[0])");
+  EXPECT_EQ(result.errors[1].ToString(),
+            "line 4: nodes[2]: same address 127.0.0.1:5432 as nodes[0]");
+  EXPECT_EQ(result.errors[2].ToString(),
+            "line 7: users[1].name: duplicate user name 'app' (also users[0])");
+}
+
+TEST(ConfigLoaderTest, DuplicateYamlKeys) {
+  const ConfigError e = SingleError(std::string(kBase) + "workers: 1\nworkers: 2\n");
+  EXPECT_EQ(e.key, "workers");
+  EXPECT_EQ(e.line, 6);
+  EXPECT_EQ(e.message, "duplicate key 'workers' (first set on line 5)");
+}
+
+TEST(ConfigLoaderTest, RequiredKeys) {
+  LoadResult result = LoadConfigString("");
+  ASSERT_EQ(result.errors.size(), 2u) << AllErrors(result);
+  EXPECT_EQ(result.errors[0].key, "nodes");
+  EXPECT_EQ(result.errors[1].key, "users");
+  EXPECT_EQ(result.errors[0].line, 0);
+  EXPECT_EQ(result.errors[0].ToString().rfind("nodes: missing; list at least one node", 0), 0u);
+
+  result = LoadConfigString("nodes: []\nusers:\n");
+  ASSERT_EQ(result.errors.size(), 2u) << AllErrors(result);
+  EXPECT_EQ(result.errors[0].ToString(),
+            "line 1: nodes: must list at least one node, e.g. - {name: pg1, host: 127.0.0.1}");
+  EXPECT_EQ(result.errors[1].key, "users");
+  EXPECT_EQ(result.errors[1].line, 2);
+
+  result = LoadConfigString("nodes:\n  - {port: 5432}\nusers:\n  - {password: x}\n  - {name: b}\n");
+  std::vector<std::string> messages;
+  for (const ConfigError& e : result.errors) messages.push_back(e.ToString());
+  const std::vector<std::string> expected = {
+      "line 2: nodes[0].name: missing; a node needs a name",
+      "line 2: nodes[0].host: missing; a node needs a host",
+      "line 4: users[0].name: missing; a user needs a name",
+      "line 5: users[1]: missing password; set one of password, password_env or password_file",
+  };
+  EXPECT_EQ(messages, expected);
+
+  const ConfigError e = SingleError(std::string(kBase) + "backend: {password: x}\n");
+  EXPECT_EQ(e.key, "backend.user");
+  EXPECT_EQ(e.line, 5);
+}
+
+TEST(ConfigLoaderTest, TrustAllowsNoUsersAndEmptyPasswords) {
+  const Config c = MustLoad("nodes: [{name: a, host: h}]\nauth: trust\n");
+  EXPECT_TRUE(c.users.empty());
+  EXPECT_EQ(c.MonitorCredentials().user, "");
+
+  const ConfigError e =
+      SingleError("nodes: [{name: a, host: h}]\nusers:\n  - {name: app, password: ''}\n");
+  EXPECT_EQ(e.ToString(),
+            "line 3: users[0].password: must not be empty: auth scram-sha-256 needs a password");
+  MustLoad("nodes: [{name: a, host: h}]\nusers:\n  - {name: app, password: ''}\nauth: trust\n");
+}
+
+TEST(ConfigLoaderTest, PasswordSources) {
+  ASSERT_EQ(setenv("PGRELAY_TEST_PW", "from-env", 1), 0);
+  TempDir dir;
+  const std::string lf = dir.Write("lf", "from-file\n");
+  const std::string crlf = dir.Write("crlf", "crlf-pw\r\n");
+  const std::string two = dir.Write("two", "two-lines\n\n");
+  const std::string none = dir.Write("none", "no-newline");
+  const Config c = MustLoad(
+      "nodes: [{name: a, host: h}]\nusers:\n"
+      "  - {name: e, password_env: PGRELAY_TEST_PW}\n"
+      "  - {name: f, password_file: " +
+      lf +
+      "}\n"
+      "  - {name: g, password_file: " +
+      crlf +
+      "}\n"
+      "  - {name: h, password_file: " +
+      two +
+      "}\n"
+      "  - {name: i, password_file: " +
+      none +
+      "}\n"
+      "backend: {user: relay, password_file: " +
+      lf + "}\n");
+  ASSERT_EQ(c.users.size(), 5u);
+  EXPECT_EQ(c.FindUser("e")->password, "from-env");
+  EXPECT_EQ(c.FindUser("f")->password, "from-file");
+  EXPECT_EQ(c.FindUser("g")->password, "crlf-pw");
+  EXPECT_EQ(c.FindUser("h")->password, "two-lines\n");
+  EXPECT_EQ(c.FindUser("i")->password, "no-newline");
+  EXPECT_EQ(c.FindUser("nobody"), nullptr);
+  EXPECT_EQ(c.MonitorCredentials().user, "relay");
+  EXPECT_EQ(c.MonitorCredentials().password, "from-file");
+  ASSERT_EQ(unsetenv("PGRELAY_TEST_PW"), 0);
+
+  ConfigError e = SingleError(
+      "nodes: [{name: a, host: h}]\nusers:\n  - {name: e, password_env: PGRELAY_TEST_PW}\n");
+  EXPECT_EQ(e.ToString(),
+            "line 3: users[0].password_env: environment variable 'PGRELAY_TEST_PW' is not set");
+
+  const std::string missing = (dir.path() / "missing").string();
+  e = SingleError("nodes: [{name: a, host: h}]\nusers:\n  - {name: f, password_file: " + missing +
+                  "}\n");
+  EXPECT_EQ(e.ToString(), "line 3: users[0].password_file: cannot read password file " + missing +
+                              ": No such file or directory");
+
+  e = SingleError(
+      "nodes: [{name: a, host: h}]\nusers:\n"
+      "  - {name: x, password: a, password_env: PGRELAY_TEST_PW}\n");
+  EXPECT_EQ(e.ToString(),
+            "line 3: users[0].password_env: set only one of password, "
+            "password_env or password_file");
+}
+
+TEST(ConfigLoaderTest, BackendWithoutPasswordAndMonitorFallback) {
+  Config c = MustLoad(std::string(kBase) + "backend: {user: relay}\n");
+  ASSERT_TRUE(c.backend.has_value());
+  EXPECT_EQ(c.backend->password, "");
+  c = MustLoad(std::string(kBase) + "backend:\n");  // nothing below: unset
+  EXPECT_FALSE(c.backend.has_value());
+  EXPECT_EQ(c.MonitorCredentials().user, "app");
+  EXPECT_EQ(c.MonitorCredentials().password, "secret");
+}
+
+TEST(ConfigLoaderTest, FileRelativePasswordFileAndUnreadableFile) {
+  TempDir dir;
+  dir.Write("secrets/app.pw", "rel-pw\n");
+  const std::string path = dir.Write(
+      "conf/pgrelay.yaml",
+      "nodes: [{name: a, host: h}]\nusers: [{name: app, password_file: ../secrets/app.pw}]\n");
+  const LoadResult result = LoadConfigFile(path);
+  ASSERT_TRUE(result.errors.empty()) << AllErrors(result);
+  EXPECT_EQ(result.config->users[0].password, "rel-pw");
+
+  const std::string missing = (dir.path() / "nope.yaml").string();
+  const LoadResult bad = LoadConfigFile(missing);
+  EXPECT_EQ(bad.config, nullptr);
+  ASSERT_EQ(bad.errors.size(), 1u);
+  EXPECT_EQ(bad.errors[0].ToString(),
+            "cannot read config file " + missing + ": No such file or directory");
+  EXPECT_NE(LoadConfigFile(dir.path().string()).errors.at(0).message.find("Is a directory"),
+            std::string::npos);
+}
+
+TEST(ConfigLoaderTest, SyntaxErrorIsOneErrorWithTheParserLine) {
+  const LoadResult result = LoadConfigString("nodes:\n  - {name: pg1, host: h\nusers: []\n");
+  EXPECT_EQ(result.config, nullptr);
+  ASSERT_EQ(result.errors.size(), 1u) << AllErrors(result);
+  EXPECT_EQ(result.errors[0].key, "");
+  EXPECT_EQ(result.errors[0].line, 3);
+  EXPECT_EQ(result.errors[0].ToString().rfind("line 3: invalid YAML: ", 0), 0u)
+      << result.errors[0].ToString();
+
+  EXPECT_EQ(SingleError("a: b: c\n").line, 1);
+  EXPECT_EQ(SingleError(std::string(kBase) + "---\nworkers: 1\n").message,
+            "the config must be a single YAML document");
+}
+
+TEST(ConfigLoaderTest, TypeErrorsAreReportedNotThrown) {
+  const LoadResult result = LoadConfigString(R"(listen: {host: h}
+workers: [1]
+nodes:
+  - pg1
+  - {name: [x], host: h, port: {a: 1}}
+users: {name: app}
+auth:
+limits: [1, 2]
+health: 5
+routing: {strategy: [leader]}
+log: {level: ~}
+)");
+  std::vector<std::string> messages;
+  for (const ConfigError& e : result.errors) messages.push_back(e.ToString());
+  const std::vector<std::string> expected = {
+      "line 1: listen: must be host:port with a port from 1 to 65535, e.g. 127.0.0.1:6432 or "
+      "[::1]:6432 (got a map)",
+      "line 2: workers: must be an integer from 0 to 256 (got a list)",
+      "line 4: nodes[0]: must be a map of keys (got a scalar)",
+      "line 5: nodes[1].name: must be a string (got a list)",
+      "line 5: nodes[1].port: must be an integer from 1 to 65535 (got a map)",
+      "line 6: users: must be a list (got a map)",
+      "line 7: auth: must be one of scram-sha-256, md5, trust (got nothing)",
+      "line 8: limits: must be a map of keys (got a list)",
+      "line 9: health: must be a map of keys (got a scalar)",
+      "line 10: routing.strategy: must be one of leader, follower, read-your-writes, quorum (got "
+      "a list)",
+      "line 11: log.level: must be one of debug, info, warning, error (got nothing)",
+  };
+  EXPECT_EQ(messages, expected);
+
+  EXPECT_EQ(SingleError("- a\n- b\n").ToString(),
+            "line 1: the config must be a map of keys (got a list)");
+  EXPECT_EQ(SingleError(std::string(kBase) + "? [a]\n: 1\n").ToString(),
+            "line 5: keys must be plain strings (got a list)");
+  // A list that contains itself through an alias must not recurse forever.
+  EXPECT_EQ(SingleError("nodes: &x [*x]\nusers: [{name: a, password: b}]\n").ToString(),
+            "line 1: nodes[0]: must be a map of keys (got a list)");
+}
+
+TEST(ConfigLoaderTest, ErrorsNeverContainPasswords) {
+  TempDir dir;
+  const std::string pw_file = dir.Write("pw", std::string("file-hunter2\0x\n", 15));
+  ASSERT_EQ(setenv("PGRELAY_TEST_PW2", "env-hunter2", 1), 0);
+  const LoadResult result = LoadConfigString(
+      "nodes: [{name: a, host: h, port: hunter2}]\n"
+      "users:\n"
+      "  - {name: u1, password: lit-hunter2, password_env: PGRELAY_TEST_PW2}\n"
+      "  - {name: u2, password_env: PGRELAY_TEST_PW2, password: lit-hunter2}\n"
+      "  - {name: u3, password: [lit-hunter2]}\n"
+      "  - {name: u4, password: \"lit-hunter2\\0\"}\n"
+      "  - {name: u5, password_file: " +
+      pw_file +
+      "}\n"
+      "  - {name: u6, password: {lit-hunter2: 1}}\n"
+      "backend: {user: r, password: lit-hunter2, password_file: " +
+      pw_file +
+      "}\n"
+      "auth: hunter\n");
+  ASSERT_EQ(unsetenv("PGRELAY_TEST_PW2"), 0);
+  EXPECT_GE(result.errors.size(), 8u) << AllErrors(result);
+  for (const ConfigError& e : result.errors) {
+    EXPECT_EQ(e.ToString().find("-hunter2"), std::string::npos) << e.ToString();
+  }
+}
+
+TEST(ConfigErrorTest, ToString) {
+  EXPECT_EQ((ConfigError{"nodes[1].port", 12, "must be between 1 and 65535"}).ToString(),
+            "line 12: nodes[1].port: must be between 1 and 65535");
+  EXPECT_EQ((ConfigError{"nodes", 0, "missing"}).ToString(), "nodes: missing");
+  EXPECT_EQ((ConfigError{"", 3, "invalid YAML: x"}).ToString(), "line 3: invalid YAML: x");
+}
+
+TEST(EndpointTest, ToString) {
+  EXPECT_EQ((Endpoint{"10.0.0.1", 5432}).ToString(), "10.0.0.1:5432");
+  EXPECT_EQ((Endpoint{"::1", 6432}).ToString(), "[::1]:6432");
+}
+
+}  // namespace
+}  // namespace pgrelay::config
