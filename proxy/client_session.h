@@ -22,6 +22,8 @@ class ClientSession {
   ~ClientSession();
 
   awaitable<void> Run();
+  // Ends the session from outside (process shutdown): closes its sockets, so Run() returns.
+  void Shutdown() { CloseAll(); }
 
   // How one relay direction ended.
   enum class PumpEnd { kSourceClosed, kSinkClosed, kTerminate, kBadLength, kTooLarge, kIdle };

@@ -1,7 +1,9 @@
 #include "proxy/server.h"
 
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "config/log.h"
@@ -16,17 +18,40 @@ namespace pgrelay::proxy {
 
 namespace {
 
-// One thread running one io_context; every session on it stays on it.
+constexpr auto kShutdownGrace = std::chrono::seconds(5);
+
+// One thread running one io_context; every session on it stays on it. `sessions` and
+// `shutting_down` are touched only on this worker's thread.
 struct Worker {
+  BufferPool pool;  // declared first: sessions return buffers to it while io is destroyed
   asio::io_context io{1};
   asio::executor_work_guard<asio::io_context::executor_type> guard{io.get_executor()};
-  BufferPool pool;
+  std::unordered_set<ClientSession*> sessions;
+  asio::steady_timer grace{io};
+  bool shutting_down = false;
   std::thread thread;
+
+  // Ends every session (closing its sockets ends its coroutine); run() returns once they are
+  // gone, or after the grace period at the latest.
+  void BeginShutdown() {
+    shutting_down = true;
+    guard.reset();
+    for (ClientSession* s : sessions) s->Shutdown();
+    if (sessions.empty()) return;
+    grace.expires_after(kShutdownGrace);
+    grace.async_wait([this](error_code ec) {
+      if (!ec) io.stop();
+    });
+  }
 };
 
-awaitable<void> RunSession(tcp::socket socket, ServerContext* context, BufferPool* pool) {
-  ClientSession session(std::move(socket), *context, *pool);
+awaitable<void> RunSession(tcp::socket socket, ServerContext* context, Worker* worker) {
+  ClientSession session(std::move(socket), *context, worker->pool);
+  worker->sessions.insert(&session);
+  if (worker->shutting_down) session.Shutdown();
   co_await session.Run();
+  worker->sessions.erase(&session);
+  if (worker->shutting_down && worker->sessions.empty()) worker->grace.cancel();
 }
 
 }  // namespace
@@ -64,7 +89,7 @@ struct Server::Impl {
         }
         continue;
       }
-      asio::co_spawn(w.io, RunSession(std::move(socket), &context, &w.pool), asio::detached);
+      asio::co_spawn(w.io, RunSession(std::move(socket), &context, &w), asio::detached);
     }
   }
 };
@@ -112,11 +137,7 @@ int Server::Run() {
               "listening on " << s.config->listen.ToString() << " with " << n << " workers");
   s.main_io.run();
 
-  // Stop the workers; destroying their io_contexts ends every session (sockets close).
-  for (auto& w : s.workers) {
-    w->guard.reset();
-    w->io.stop();
-  }
+  for (auto& w : s.workers) asio::post(w->io, [&w = *w] { w.BeginShutdown(); });
   for (auto& w : s.workers) w->thread.join();
   s.workers.clear();
   PGRELAY_LOG(kInfo, "server", "stopped");
