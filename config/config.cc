@@ -34,6 +34,18 @@ std::string_view ToString(Strategy s) {
   return "unknown";
 }
 
+std::string_view ToString(LoadBalance b) {
+  switch (b) {
+    case LoadBalance::kRoundRobin:
+      return "round_robin";
+    case LoadBalance::kLeastConnections:
+      return "least_connections";
+    case LoadBalance::kRandom:
+      return "random";
+  }
+  return "unknown";
+}
+
 std::string_view ToString(LogLevel l) {
   switch (l) {
     case LogLevel::kDebug:
@@ -46,6 +58,71 @@ std::string_view ToString(LogLevel l) {
       return "error";
   }
   return "unknown";
+}
+
+std::string_view ToString(Route r) {
+  switch (r) {
+    case Route::kPrimary:
+      return "primary";
+    case Route::kReplica:
+      return "replica";
+  }
+  return "unknown";
+}
+
+std::vector<std::string> DefaultSideEffectFreeFunctions() {
+  // Volatile in pg_proc but without side effects, and answering the same on a replica. Built-ins
+  // are schema-qualified so that a user function of the same name still counts as volatile.
+  return {"pg_catalog.random",
+          "pg_catalog.clock_timestamp",
+          "pg_catalog.timeofday",
+          "pg_catalog.gen_random_uuid",
+          "pg_catalog.statement_timestamp",
+          "pg_catalog.transaction_timestamp",
+          "pg_catalog.now",
+          "pg_catalog.current_query",
+          "pg_catalog.pg_sleep",
+          "pg_catalog.pg_sleep_for",
+          "pg_catalog.pg_sleep_until",
+          "pg_catalog.pg_relation_size",
+          "pg_catalog.pg_table_size",
+          "pg_catalog.pg_indexes_size",
+          "pg_catalog.pg_total_relation_size",
+          "pg_catalog.pg_database_size",
+          "pg_catalog.pg_tablespace_size",
+          "uuid_generate_v1",
+          "uuid_generate_v1mc",
+          "uuid_generate_v4",
+          "gen_random_bytes"};
+}
+
+std::vector<std::string> DefaultPrimaryFunctions() {
+  // Side effects on the primary, session state kept there, or an error on a standby. Several are
+  // not volatile in pg_proc (txid_current and pg_current_xact_id are "stable" but assign an xid).
+  return {"nextval",
+          "setval",
+          "currval",
+          "lastval",
+          "pg_advisory_lock",
+          "pg_advisory_lock_shared",
+          "pg_try_advisory_lock",
+          "pg_try_advisory_lock_shared",
+          "pg_advisory_unlock",
+          "pg_advisory_unlock_shared",
+          "pg_advisory_unlock_all",
+          "pg_advisory_xact_lock",
+          "pg_advisory_xact_lock_shared",
+          "pg_try_advisory_xact_lock",
+          "pg_try_advisory_xact_lock_shared",
+          "txid_current",
+          "pg_current_xact_id",
+          "pg_export_snapshot",
+          "pg_notify",
+          "pg_current_wal_lsn",
+          "pg_current_wal_insert_lsn",
+          "pg_current_wal_flush_lsn",
+          "pg_switch_wal",
+          "pg_create_restore_point"};
 }
 
 const UserConfig* Config::FindUser(std::string_view name) const {

@@ -34,10 +34,14 @@ struct UserConfig {
 enum class AuthMethod { kScramSha256, kMd5, kTrust };
 enum class Strategy { kLeader, kFollower, kReadYourWrites, kQuorum };
 enum class LogLevel { kDebug, kInfo, kWarning, kError };
+enum class LoadBalance { kRoundRobin, kLeastConnections, kRandom };
+enum class Route { kPrimary, kReplica };
 
 std::string_view ToString(AuthMethod m);  // "scram-sha-256" | "md5" | "trust"
 std::string_view ToString(Strategy s);    // "leader" | "follower" | "read-your-writes" | "quorum"
-std::string_view ToString(LogLevel l);    // "debug" | "info" | "warning" | "error"
+std::string_view ToString(LogLevel l);
+std::string_view ToString(LoadBalance b);  // "round_robin" | "least_connections" | "random"    // "debug" | "info" | "warning" | "error"
+std::string_view ToString(Route r);       // "primary" | "replica"
 
 // Credentials pgrelay uses toward the PostgreSQL nodes.
 struct BackendCredentials {
@@ -54,9 +58,38 @@ struct Limits {
 };
 
 struct HealthConfig {
-  std::chrono::milliseconds interval{1000};
-  std::chrono::milliseconds timeout{3000};
+  std::chrono::milliseconds interval{500};  // one probe per node per interval
+  std::chrono::milliseconds timeout{3000};  // bound on one probe (connect + query)
   std::string database = "postgres";
+  int failure_threshold = 3;   // consecutive failed probes until a node is down (1 = suspect)
+  int recovery_threshold = 2;  // consecutive good probes until a down node is up again
+};
+
+// An ordered routing rule (routing.rules): the first rule whose regular expression matches
+// anywhere in a statement's SQL text sends it to `route`, unless a comment hint in the statement
+// says otherwise. Boost.Regex Perl syntax; a leading (?i) makes it case-insensitive.
+struct RoutingRule {
+  std::string match;
+  Route route = Route::kPrimary;
+};
+
+// Function names are "name" (any schema) or "schema.name", as stored in pg_proc.
+std::vector<std::string> DefaultSideEffectFreeFunctions();
+std::vector<std::string> DefaultPrimaryFunctions();
+
+// Statement classification settings (the `routing:` section besides `strategy`).
+struct RoutingConfig {
+  std::vector<RoutingRule> rules;
+  // Volatile functions without side effects: a SELECT calling them may still go to a replica.
+  std::vector<std::string> side_effect_free_functions = DefaultSideEffectFreeFunctions();
+  // Functions that always send their statement to the primary, whatever their volatility.
+  std::vector<std::string> primary_functions = DefaultPrimaryFunctions();
+  size_t classifier_cache_size = 10000;  // statements per worker; 0 = no cache
+  // Read routing (follower and the consistency strategies).
+  LoadBalance load_balance = LoadBalance::kRoundRobin;
+  uint64_t max_lag_bytes = 16u << 20;        // replicas further behind get no reads; 0 = no bound
+  std::chrono::milliseconds max_lag{10000};  // the same in time; 0 = no bound
+  bool fallback_to_primary = true;           // no eligible replica: read on the primary
 };
 
 struct Config {
@@ -67,6 +100,7 @@ struct Config {
   AuthMethod auth = AuthMethod::kScramSha256;
   std::optional<BackendCredentials> backend;  // unset: each client's own credentials
   Strategy strategy = Strategy::kLeader;
+  RoutingConfig routing;
   Endpoint admin_listen{"127.0.0.1", 9187};
   Limits limits;
   HealthConfig health;

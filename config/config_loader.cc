@@ -2,6 +2,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <boost/regex.hpp>
+
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
@@ -29,6 +31,7 @@ constexpr size_t kMaxPasswordFileSize = 64 << 10;
 constexpr uint64_t kMaxDurationMs = 24 * 3600 * 1000;  // 24h
 constexpr uint64_t kMinMessageSize = 1 << 10;          // 1kB
 constexpr uint64_t kMaxMessageSize = 1 << 30;          // 1GB
+constexpr int64_t kMaxClassifierCacheSize = 10'000'000;
 constexpr std::string_view kPasswordKeys = "password, password_env or password_file";
 constexpr std::string_view kEndpointForm =
     "host:port with a port from 1 to 65535, e.g. 127.0.0.1:6432 or [::1]:6432";
@@ -203,6 +206,7 @@ class Loader {
   const std::string* Scalar(const Entry& e, std::string_view expected);
   std::optional<std::string> ReadString(const Entry& e, bool allow_empty = false);
   std::optional<int64_t> ReadInt(const Entry& e, int64_t min, int64_t max);
+  std::optional<bool> ReadBool(const Entry& e);
   std::optional<Endpoint> ReadEndpoint(const Entry& e);
   std::optional<uint64_t> ReadWithUnit(const Entry& e, std::span<const Unit> units,
                                        std::string_view form, uint64_t min, uint64_t max,
@@ -219,6 +223,9 @@ class Loader {
   void ReadBackend(const Entry& e);
   void ReadLimits(const Entry& e);
   void ReadHealth(const Entry& e);
+  void ReadRouting(const Entry& e);
+  void ReadRoutingRules(const Entry& e);
+  void ReadFunctionNames(const Entry& e, std::vector<std::string>* names);
 
   const std::filesystem::path base_dir_;  // for relative password_file paths; empty: as given
   Config config_;
@@ -315,6 +322,15 @@ const std::string* Loader::Scalar(const Entry& e, std::string_view expected) {
   if (e.value.IsScalar()) return &e.value.Scalar();
   Error(e, "must be " + std::string(expected) + " (got " + KindOf(e.value) + ")");
   return nullptr;
+}
+
+std::optional<bool> Loader::ReadBool(const Entry& e) {
+  const std::string* text = Scalar(e, "true or false");
+  if (text == nullptr) return std::nullopt;
+  if (*text == "true" || *text == "on" || *text == "yes") return true;
+  if (*text == "false" || *text == "off" || *text == "no") return false;
+  Error(e, "must be true or false (got " + Quote(*text) + ")");
+  return std::nullopt;
 }
 
 // Never shows the value: it may be a password.
@@ -460,15 +476,7 @@ void Loader::ReadRoot(const YAML::Node& root) {
                  &config_.auth);
            }},
           {"backend", [&](const Entry& e) { ReadBackend(e); }},
-          {"routing",
-           [&](const Entry& e) {
-             VisitMap(e.value, e.path, e.line,
-                      {{"strategy", [&](const Entry& f) {
-                          Set(ReadEnum(f, {Strategy::kLeader, Strategy::kFollower,
-                                           Strategy::kReadYourWrites, Strategy::kQuorum}),
-                              &config_.strategy);
-                        }}});
-           }},
+          {"routing", [&](const Entry& e) { ReadRouting(e); }},
           {"admin",
            [&](const Entry& e) {
              VisitMap(e.value, e.path, e.line, {{"listen", [&](const Entry& f) {
@@ -636,7 +644,121 @@ void Loader::ReadHealth(const Entry& e) {
                {"interval", [&](const Entry& f) { Set(ReadDuration(f), &health.interval); }},
                {"timeout", [&](const Entry& f) { Set(ReadDuration(f), &health.timeout); }},
                {"database", [&](const Entry& f) { Set(ReadString(f), &health.database); }},
+               {"failure_threshold",
+                [&](const Entry& f) { Set(ReadInt(f, 1, 100), &health.failure_threshold); }},
+               {"recovery_threshold",
+                [&](const Entry& f) { Set(ReadInt(f, 1, 100), &health.recovery_threshold); }},
            });
+}
+
+void Loader::ReadRouting(const Entry& e) {
+  RoutingConfig& routing = config_.routing;
+  VisitMap(e.value, e.path, e.line,
+           {
+               {"strategy",
+                [&](const Entry& f) {
+                  Set(ReadEnum(f, {Strategy::kLeader, Strategy::kFollower,
+                                   Strategy::kReadYourWrites, Strategy::kQuorum}),
+                      &config_.strategy);
+                }},
+               {"rules", [&](const Entry& f) { ReadRoutingRules(f); }},
+               {"side_effect_free_functions",
+                [&](const Entry& f) { ReadFunctionNames(f, &routing.side_effect_free_functions); }},
+               {"primary_functions",
+                [&](const Entry& f) { ReadFunctionNames(f, &routing.primary_functions); }},
+               {"classifier_cache_size",
+                [&](const Entry& f) {
+                  Set(ReadInt(f, 0, kMaxClassifierCacheSize), &routing.classifier_cache_size);
+                }},
+               {"load_balance",
+                [&](const Entry& f) {
+                  Set(ReadEnum(f, {LoadBalance::kRoundRobin, LoadBalance::kLeastConnections,
+                                   LoadBalance::kRandom}),
+                      &routing.load_balance);
+                }},
+               {"max_lag_bytes",
+                [&](const Entry& f) {
+                  Set(ReadWithUnit(f, kSizeUnits, kSizeForm, 0, uint64_t{1} << 50,
+                                   "between 0 (no bound) and 1PB"),
+                      &routing.max_lag_bytes);
+                }},
+               {"max_lag",
+                [&](const Entry& f) {
+                  Set(ReadDuration(f, /*zero_means_off=*/true), &routing.max_lag);
+                }},
+               {"fallback_to_primary",
+                [&](const Entry& f) { Set(ReadBool(f), &routing.fallback_to_primary); }},
+           });
+}
+
+// routing.rules: an ordered list of {match: REGEX, route: primary|replica}.
+void Loader::ReadRoutingRules(const Entry& e) {
+  VisitList(e, [&](const std::string& path, const YAML::Node& item) {
+    RoutingRule rule;
+    bool valid = true;
+    const auto seen = VisitMap(
+        item, path, LineOf(item),
+        {
+            {"match",
+             [&](const Entry& f) {
+               const std::optional<std::string> pattern = ReadString(f);
+               if (!pattern) {
+                 valid = false;
+                 return;
+               }
+               try {
+                 boost::regex(*pattern, boost::regex::perl);
+                 rule.match = *pattern;
+               } catch (const std::exception& error) {
+                 Error(f, "invalid regular expression " + Quote(*pattern) + ": " + error.what());
+                 valid = false;
+               }
+             }},
+            {"route",
+             [&](const Entry& f) {
+               const std::optional<Route> route = ReadEnum(f, {Route::kPrimary, Route::kReplica});
+               if (route) {
+                 rule.route = *route;
+               } else {
+                 valid = false;
+               }
+             }},
+        });
+    if (!seen) return;
+    if (!seen->contains("match")) {
+      Error(path + ".match", LineOf(item),
+            "missing; a rule needs a regular expression, e.g. {match: '^SELECT', route: replica}");
+      valid = false;
+    }
+    if (!seen->contains("route")) {
+      Error(path + ".route", LineOf(item), "missing; a rule needs route: primary or replica");
+      valid = false;
+    }
+    if (valid) config_.routing.rules.push_back(std::move(rule));
+  });
+}
+
+// A list of function names: "name" or "schema.name", as pg_proc spells them. Replaces the default.
+void Loader::ReadFunctionNames(const Entry& e, std::vector<std::string>* names) {
+  std::vector<std::string> result;
+  VisitList(e, [&](const std::string& path, const YAML::Node& item) {
+    const std::optional<std::string> name = ReadString(Entry{"", path, LineOf(item), item});
+    if (!name) return;
+    const bool has_space = std::any_of(name->begin(), name->end(), [](char c) {
+      return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '(' || c == ')';
+    });
+    const size_t dot = name->find('.');
+    if (has_space || dot == 0 || dot == name->size() - 1 ||
+        (dot != std::string::npos && name->find('.', dot + 1) != std::string::npos)) {
+      Error(path, LineOf(item),
+            "must be a function name or schema.name without arguments, e.g. nextval or "
+            "pg_catalog.random (got " +
+                Quote(*name) + ")");
+      return;
+    }
+    result.push_back(*name);
+  });
+  *names = std::move(result);
 }
 
 }  // namespace

@@ -1,16 +1,11 @@
-// Probes every configured node on a timer and publishes Topology snapshots.
+// Monitor: probes every configured node each health.interval and publishes Topology snapshots
+// (roles, state with hysteresis, LSNs, lag). Runs its own io_context on its own thread: libpq
+// non-blocking inside Asio, one connection per node, probes of different nodes concurrent.
 // Start/Stop from one thread; Snapshot() is thread-safe and lock-free for readers.
-//
-// This first version probes with blocking libpq calls on its own thread (each bounded by the
-// health timeout); the non-blocking Asio monitor with failover replaces it (health issue).
 #pragma once
 
 #include <atomic>
-#include <chrono>
-#include <condition_variable>
 #include <memory>
-#include <mutex>
-#include <thread>
 
 #include "config/config.h"
 #include "health/topology.h"
@@ -20,13 +15,15 @@ namespace pgrelay::health {
 class Monitor {
  public:
   explicit Monitor(std::shared_ptr<const config::Config> config);
-  ~Monitor();
+  ~Monitor();  // Stop()s
   Monitor(const Monitor&) = delete;
   Monitor& operator=(const Monitor&) = delete;
 
-  // Runs one probe round synchronously (so the first snapshot is ready), then keeps probing
-  // every health.interval on a background thread.
+  // Starts the monitor thread and returns once the first probe round is published (at most one
+  // health.interval: a node that has not answered by then is published as down).
   void Start();
+  // Ends every probe, closes the monitoring connections and joins the thread. Snapshot() stays
+  // valid (the last topology). Idempotent.
   void Stop();
 
   std::shared_ptr<const Topology> Snapshot() const {
@@ -34,19 +31,10 @@ class Monitor {
   }
 
  private:
-  struct Probe;  // per-node libpq connection
+  class Impl;  // keeps Asio and libpq out of this header (included by the proxy)
 
-  void ProbeRound();
-  void Loop();
-
-  std::shared_ptr<const config::Config> config_;
-  std::vector<std::unique_ptr<Probe>> probes_;
   std::atomic<std::shared_ptr<const Topology>> snapshot_;
-  uint64_t version_ = 0;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  std::thread thread_;
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace pgrelay::health

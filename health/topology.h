@@ -1,8 +1,11 @@
-// A snapshot of the cluster as the health monitor last saw it: every node's role and state.
-// Immutable once published; share freely as std::shared_ptr<const Topology>.
+// A snapshot of the cluster as the health monitor last saw it: every node's state, role, LSNs and
+// lag, which node is the primary, and the failover epoch. Immutable once published; share freely
+// as std::shared_ptr<const Topology> (Monitor::Snapshot()).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -10,23 +13,68 @@
 namespace pgrelay::health {
 
 enum class NodeRole { kUnknown, kPrimary, kReplica };
-std::string_view ToString(NodeRole role);
+std::string_view ToString(NodeRole role);  // "unknown" | "primary" | "replica"
+
+// Health of a node, with hysteresis (see HealthConfig): up -> suspect after 1 failed probe ->
+// down after failure_threshold consecutive failures; down -> up after recovery_threshold
+// consecutive good probes (suspect -> up after 1). A node never reached yet is down.
+enum class NodeHealth {
+  kUp,
+  kSuspect,  // failing, not yet down: no reads; a suspect primary keeps the writes
+  kDown,
+  kFenced,  // reserved for failover: claims to be primary but is not the primary of the epoch
+};
+std::string_view ToString(NodeHealth health);  // "up" | "suspect" | "down" | "fenced"
 
 struct NodeStatus {
   std::string name;
   std::string host;
   uint16_t port = 0;
+  NodeHealth state = NodeHealth::kDown;
+  // The role the last successful probe reported (kept while suspect/down); kUnknown until the
+  // node has answered once.
   NodeRole role = NodeRole::kUnknown;
-  bool up = false;
-  std::string last_error;  // why the last probe failed (no secrets)
+  bool up = false;         // the last probe succeeded (fresh reachability, no hysteresis)
+  std::string last_error;  // why the last failed probe failed (no secrets); empty when up
+
+  // From the last successful probe. LSNs are byte positions (PostgreSQL's X/Y hex); 0 = unknown.
+  uint64_t current_lsn = 0;  // pg_current_wal_lsn(); primary only
+  uint64_t receive_lsn = 0;  // pg_last_wal_receive_lsn(); replicas
+  uint64_t replay_lsn = 0;   // pg_last_wal_replay_lsn(); replicas
+  uint32_t timeline = 0;     // primary: from its current WAL file; replica: the WAL receiver's
+  bool replay_paused = false;
+  // Replica: is its WAL receiver streaming? nullopt when not visible (the probe role lacks
+  // pg_monitor) or not a replica.
+  std::optional<bool> wal_receiver_streaming;
+
+  // Lag, computed per snapshot. Bytes: the primary's current LSN minus this replica's replay
+  // LSN (with no primary: the most advanced replica's LSN instead), 0 for the primary.
+  // Seconds: 0 when caught up (receive == replay), else now - the last replayed commit's time.
+  // nullopt = unknown (no primary and no reference, LSN not known yet, ...).
+  std::optional<uint64_t> replay_lag_bytes;
+  std::optional<double> replay_lag_seconds;
+
+  int consecutive_failures = 0;
+  int consecutive_successes = 0;
+  std::chrono::steady_clock::time_point last_probe{};  // when the last probe ended; {} = never
 };
 
 struct Topology {
   uint64_t version = 0;           // increases with every published snapshot
+  uint64_t epoch = 0;             // failover epoch (fencing token); bumped by every promotion
   std::vector<NodeStatus> nodes;  // in config order
-  int primary = -1;               // index into nodes, -1 if no single primary is known
+  // Index into nodes of the one node that is primary and not down; -1 if there is none or
+  // several claim it (primary_conflict).
+  int primary = -1;
+  bool primary_conflict = false;  // more than one reachable node reports itself primary
+  std::vector<int> replicas;      // indexes of replicas that are up, in config order
 
   const NodeStatus* Primary() const { return primary >= 0 ? &nodes[primary] : nullptr; }
+  // A replica that is up and within both lag bounds; 0 means no bound. A replica whose lag is
+  // unknown fails a bound that is set.
+  bool IsUsableReplica(size_t i, uint64_t max_lag_bytes,
+                       std::chrono::milliseconds max_lag = std::chrono::milliseconds(0)) const;
+  const NodeStatus* Find(std::string_view name) const;  // nullptr if no such node
 };
 
 }  // namespace pgrelay::health

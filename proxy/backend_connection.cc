@@ -43,7 +43,8 @@ awaitable<bool> BackendConnection::LoginSteps(const BackendLoginParams& p) {
   const std::string where =
       "node " + p.node_name + " (" + p.host + ":" + std::to_string(p.port) + ")";
   tcp::resolver resolver(socket_.get_executor());
-  auto [rec, endpoints] = co_await resolver.async_resolve(p.host, std::to_string(p.port), kNoThrow);
+  const std::string port = std::to_string(p.port);
+  auto [rec, endpoints] = co_await resolver.async_resolve(p.host, port, kNoThrow);
   if (rec) co_return Fail("could not resolve " + where + ": " + rec.message());
   auto [cec, ep] = co_await asio::async_connect(socket_, endpoints, kNoThrow);
   if (cec) co_return Fail("could not connect to " + where + ": " + cec.message());

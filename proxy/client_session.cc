@@ -17,28 +17,9 @@ namespace pgrelay::proxy {
 
 namespace {
 
-using protocol::FrameScanner;
 namespace sqlstate = protocol::sqlstate;
 
 constexpr uint32_t kMaxAuthMessage = 10000;
-// Backends are trusted to frame correctly; this only guards against a corrupt stream.
-constexpr uint32_t kMaxBackendMessage = 0x7fffffff;
-
-enum class Action { kForward, kStop };
-
-// Appends bytes to a gather list, merging with the previous piece when contiguous, so a batch of
-// relayed messages leaves in one writev.
-void Gather(std::vector<asio::const_buffer>& out, std::string_view bytes) {
-  if (!out.empty()) {
-    const asio::const_buffer& last = out.back();
-    if (static_cast<const char*>(last.data()) + last.size() == bytes.data()) {
-      out.back() = asio::const_buffer(last.data(), last.size() + bytes.size());
-      return;
-    }
-  }
-  out.emplace_back(bytes.data(), bytes.size());
-}
-
 std::string PeerName(const tcp::socket& s) {
   error_code ec;
   auto ep = s.remote_endpoint(ec);
@@ -52,13 +33,17 @@ bool IsTrue(std::string_view v) {
 
 }  // namespace
 
-ClientSession::ClientSession(tcp::socket socket, ServerContext& context, BufferPool& pool)
+ClientSession::ClientSession(tcp::socket socket, ServerContext& context, WorkerContext& worker)
     : ctx_(context),
       config_(*context.config),
-      pool_(pool),
+      worker_(worker),
       client_(std::move(socket)),
-      client_buf_(&pool),
-      client_stream_(client_, client_buf_) {
+      client_buf_(&worker.pool),
+      client_stream_(client_, client_buf_),
+      switch_signal_(client_.get_executor()),
+      readers_done_(client_.get_executor()),
+      client_write_free_(client_.get_executor()) {
+  backends_.resize(config_.nodes.size());
   peer_ = PeerName(client_);
   error_code ignored;
   client_.set_option(tcp::no_delay(true), ignored);
@@ -72,19 +57,21 @@ ClientSession::~ClientSession() {
 void ClientSession::CloseAll() {
   error_code ignored;
   client_.close(ignored);
-  if (backend_) backend_->socket().close(ignored);
-}
-
-awaitable<void> ClientSession::SendError(std::string_view severity, std::string_view code,
-                                         std::string_view message, std::string_view hint) {
-  scratch_.clear();
-  protocol::AppendError(&scratch_, severity, code, message, hint);
-  co_await client_stream_.Write(scratch_);
+  for (auto& b : backends_) {
+    if (b) b->conn->socket().close(ignored);
+  }
 }
 
 awaitable<void> ClientSession::SendFatal(std::string_view code, std::string_view message,
                                          std::string_view hint) {
-  co_await SendError("FATAL", code, message, hint);
+  // Another writer may be mid-message (a backend reader): wait for it, then write alone.
+  while (client_writing_) co_await client_write_free_.Wait();
+  client_writing_ = true;
+  scratch_.clear();
+  protocol::AppendError(&scratch_, "FATAL", code, message, hint);
+  co_await client_stream_.Write(scratch_);
+  client_writing_ = false;
+  client_write_free_.Notify();
 }
 
 awaitable<void> ClientSession::Run() {
@@ -109,7 +96,7 @@ awaitable<bool> ClientSession::Startup() {
     co_return false;
   }
   if (!ok) co_return false;
-  co_return co_await ConnectPrimary();
+  co_return co_await ConnectFirstBackend();
 }
 
 awaitable<bool> ClientSession::StartupSteps() {
@@ -141,8 +128,9 @@ awaitable<bool> ClientSession::StartupSteps() {
       co_return false;
     }
     if (packet.kind != Kind::kStartup) {
-      co_await SendFatal(sqlstate::kProtocolViolation,
-                         packet.error.empty() ? "unexpected start-up packet" : packet.error);
+      const std::string message =
+          packet.error.empty() ? std::string("unexpected start-up packet") : packet.error;
+      co_await SendFatal(sqlstate::kProtocolViolation, message);
       co_return false;
     }
     break;
@@ -151,9 +139,9 @@ awaitable<bool> ClientSession::StartupSteps() {
   const int major = packet.protocol >> 16;
   const int minor = packet.protocol & 0xffff;
   if (major != 3) {
-    co_await SendFatal(sqlstate::kFeatureNotSupported,
-                       "unsupported frontend protocol " + std::to_string(major) + "." +
-                           std::to_string(minor) + ": server supports 3.0 to 3.0");
+    const std::string message = "unsupported frontend protocol " + std::to_string(major) + "." +
+                                std::to_string(minor) + ": server supports 3.0 to 3.0";
+    co_await SendFatal(sqlstate::kFeatureNotSupported, message);
     co_return false;
   }
   std::vector<std::string> unknown_options;
@@ -271,8 +259,8 @@ awaitable<bool> ClientSession::AuthenticateScram(const AuthDirectory::User* user
     PGRELAY_LOG(kWarning, "auth",
                 "client " << peer_ << ": password authentication failed for user \"" << user_
                           << "\"" << (user ? "" : " (unknown user)"));
-    co_await SendFatal(sqlstate::kInvalidPassword,
-                       "password authentication failed for user \"" + user_ + "\"");
+    const std::string message = "password authentication failed for user \"" + user_ + "\"";
+    co_await SendFatal(sqlstate::kInvalidPassword, message);
     co_return false;
   }
   scratch_.clear();
@@ -299,26 +287,32 @@ awaitable<bool> ClientSession::AuthenticateMd5(const AuthDirectory::User* user) 
     PGRELAY_LOG(kWarning, "auth",
                 "client " << peer_ << ": password authentication failed for user \"" << user_
                           << "\"" << (user ? "" : " (unknown user)"));
-    co_await SendFatal(sqlstate::kInvalidPassword,
-                       "password authentication failed for user \"" + user_ + "\"");
+    const std::string message = "password authentication failed for user \"" + user_ + "\"";
+    co_await SendFatal(sqlstate::kInvalidPassword, message);
     co_return false;
   }
   co_return true;
 }
 
-awaitable<bool> ClientSession::ConnectPrimary() {
-  auto topology = ctx_.monitor->Snapshot();
-  const health::NodeStatus* primary = topology->Primary();
-  if (primary == nullptr) {
-    co_await SendFatal(sqlstate::kCannotConnectNow, "pgrelay: no primary node is available",
-                       "Check that the PostgreSQL nodes are running; pgrelay probes them every " +
-                           std::to_string(config_.health.interval.count()) + " ms.");
-    co_return false;
+std::string ClientSession::NoPrimaryMessage(const health::Topology& topology) {
+  std::string message = topology.primary_conflict
+                            ? "pgrelay: more than one node reports itself primary; refusing writes"
+                            : "pgrelay: no primary node is available";
+  std::string details;
+  for (const auto& node : topology.nodes) {
+    if (node.last_error.empty()) continue;
+    details += details.empty() ? " (" : "; ";
+    details += node.name + ": " + node.last_error;
   }
+  if (!details.empty()) message += details + ")";
+  return message;
+}
+
+BackendLoginParams ClientSession::LoginParamsFor(const health::NodeStatus& node) const {
   BackendLoginParams params;
-  params.node_name = primary->name;
-  params.host = primary->host;
-  params.port = primary->port;
+  params.node_name = node.name;
+  params.host = node.host;
+  params.port = node.port;
   if (config_.backend) {
     params.user = config_.backend->user;
     params.password = config_.backend->password;
@@ -329,30 +323,51 @@ awaitable<bool> ClientSession::ConnectPrimary() {
   params.database = database_;
   params.options = forwarded_params_;
   params.timeout = config_.limits.connect_timeout;
+  return params;
+}
 
-  backend_ = std::make_unique<BackendConnection>(client_.get_executor(), &pool_);
-  if (!co_await backend_->Login(params)) {
-    PGRELAY_LOG(kWarning, "session",
-                "client " << peer_ << ": backend login failed: " << backend_->error_message());
-    if (!backend_->server_error().empty()) {
-      co_await client_stream_.Write(backend_->server_error());
+awaitable<bool> ClientSession::ConnectFirstBackend() {
+  // The first connection is always to the primary: it checks the database and credentials the
+  // way PostgreSQL would, and its ParameterStatus values are the ones the client sees.
+  auto topology = ctx_.monitor->Snapshot();
+  const health::NodeStatus* primary = topology->Primary();
+  if (primary == nullptr) {
+    const std::string message = NoPrimaryMessage(*topology);
+    const std::string hint =
+        "Check that the PostgreSQL nodes are running and accept pgrelay's credentials; pgrelay "
+        "probes them every " + std::to_string(config_.health.interval.count()) + " ms.";
+    co_await SendFatal(sqlstate::kCannotConnectNow, message, hint);
+    co_return false;
+  }
+  auto b = std::make_unique<Backend>();
+  b->node = topology->primary;
+  b->conn = std::make_unique<BackendConnection>(client_.get_executor(), &worker_.pool);
+  if (!co_await b->conn->Login(LoginParamsFor(*primary))) {
+    PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": backend login failed: "
+                                               << b->conn->error_message());
+    if (!b->conn->server_error().empty()) {
+      co_await client_stream_.Write(b->conn->server_error());
     } else {
-      co_await SendFatal(sqlstate::kUnableToConnect,
-                         "pgrelay could not connect to the primary: " + backend_->error_message());
+      const std::string message =
+          "pgrelay could not connect to the primary: " + b->conn->error_message();
+      co_await SendFatal(sqlstate::kUnableToConnect, message);
     }
     co_return false;
   }
   std::tie(pid_, key_) = ctx_.cancels->Register();
-  ctx_.cancels->Update(
-      pid_, CancelTarget{backend_->host(), backend_->port(), backend_->pid(), backend_->key()});
-  scratch_ = backend_->startup_messages();
+  ctx_.cancels->Update(pid_, CancelTarget{b->conn->host(), b->conn->port(), b->conn->pid(),
+                                          b->conn->key()});
+  scratch_ = b->conn->startup_messages();
   protocol::AppendBackendKeyData(&scratch_, pid_, key_);
   protocol::AppendReadyForQuery(&scratch_, 'I');
   client_stream_.ConsumeLast();
-  PGRELAY_LOG(kDebug, "session",
-              "client " << peer_ << " user=" << user_ << " database=" << database_
-                        << " connected to " << primary->name);
-  co_return !co_await client_stream_.Write(scratch_);
+  PGRELAY_LOG(kDebug, "session", "client " << peer_ << " user=" << user_ << " database="
+                                           << database_ << " connected to " << primary->name);
+  current_ = b.get();
+  backends_[b->node] = std::move(b);
+  if (co_await client_stream_.Write(scratch_)) co_return false;
+  StartReader(current_);
+  co_return true;
 }
 
 awaitable<void> ClientSession::HandleCancel(int32_t pid, int32_t key) {
@@ -368,8 +383,8 @@ awaitable<void> ClientSession::HandleCancel(int32_t pid, int32_t key) {
     s.close(ignored);
   });
   tcp::resolver resolver(client_.get_executor());
-  auto [rec, endpoints] =
-      co_await resolver.async_resolve(target->host, std::to_string(target->port), kNoThrow);
+  const std::string port = std::to_string(target->port);
+  auto [rec, endpoints] = co_await resolver.async_resolve(target->host, port, kNoThrow);
   if (rec) co_return;
   auto [cec, ep] = co_await asio::async_connect(s, endpoints, kNoThrow);
   if (cec) co_return;
@@ -384,175 +399,6 @@ awaitable<void> ClientSession::HandleCancel(int32_t pid, int32_t key) {
   PGRELAY_LOG(kInfo, "cancel",
               "client " << peer_ << ": cancel request forwarded to " << target->host << ":"
                         << target->port << (wec ? " (failed)" : ""));
-}
-
-namespace {
-
-// Relays one direction: reads from `from` into `in`, hands complete or streamed messages to
-// `to` in batches (one gather write per read), calls `inspect` only for inspected types.
-template <typename Inspect, typename IdleCheck>
-awaitable<ClientSession::PumpEnd> Pump(tcp::socket& from, IoBuffer& in, tcp::socket& to,
-                                       FrameScanner& scanner, std::vector<asio::const_buffer>& out,
-                                       Inspect inspect, IdleCheck idle) {
-  using End = ClientSession::PumpEnd;
-  for (;;) {
-    out.clear();
-    size_t needed = 0;
-    std::optional<End> end;
-    while (!end) {
-      FrameScanner::Frame f = scanner.Next(in.Unconsumed());
-      switch (f.kind) {
-        case FrameScanner::Kind::kWhole:
-          if (scanner.inspected(f.type) && inspect(f.type, f.bytes) == Action::kStop) {
-            end = End::kTerminate;
-          } else {
-            Gather(out, f.bytes);
-          }
-          in.Consume(f.bytes.size());
-          continue;
-        case FrameScanner::Kind::kPartial:
-          Gather(out, f.bytes);
-          in.Consume(f.bytes.size());
-          continue;
-        case FrameScanner::Kind::kNeedMore:
-          needed = f.needed;
-          break;
-        case FrameScanner::Kind::kBadLength:
-          end = End::kBadLength;
-          break;
-        case FrameScanner::Kind::kTooLarge:
-          end = End::kTooLarge;
-          break;
-      }
-      break;
-    }
-    if (!out.empty()) {
-      auto [ec, n] = co_await asio::async_write(to, out, kNoThrow);
-      if (ec) co_return End::kSinkClosed;
-    }
-    if (end) co_return *end;
-    if (in.Unconsumed().empty()) in.ShrinkIfIdle();
-    in.MakeRoom(needed);
-    auto buffer = asio::buffer(in.WritePtr(), in.WritableSize());
-    if (idle.enabled()) {
-      using namespace asio::experimental::awaitable_operators;
-      idle.timer().expires_after(idle.after());
-      auto r =
-          co_await (from.async_read_some(buffer, kNoThrow) || idle.timer().async_wait(kNoThrow));
-      if (r.index() == 1) {
-        if (idle.expired()) co_return End::kIdle;
-        continue;  // inside a transaction: idle time there is not limited here
-      }
-      auto [ec, n] = std::get<0>(r);
-      if (ec) co_return End::kSourceClosed;
-      in.Commit(n);
-    } else {
-      auto [ec, n] = co_await from.async_read_some(buffer, kNoThrow);
-      if (ec) co_return End::kSourceClosed;
-      in.Commit(n);
-    }
-  }
-}
-
-struct NoIdle {
-  bool enabled() const { return false; }
-  asio::steady_timer& timer() { std::terminate(); }
-  std::chrono::milliseconds after() const { return {}; }
-  bool expired() const { return false; }
-};
-
-struct ClientIdle {
-  asio::steady_timer* t;
-  std::chrono::milliseconds limit;
-  const char* tx_status;
-  bool enabled() const { return limit.count() > 0; }
-  asio::steady_timer& timer() { return *t; }
-  std::chrono::milliseconds after() const { return limit; }
-  bool expired() const { return *tx_status == 'I'; }
-};
-
-}  // namespace
-
-awaitable<ClientSession::PumpEnd> ClientSession::ClientToBackend() {
-  FrameScanner scanner(config_.limits.max_message_size);
-  scanner.Inspect('X');
-  asio::steady_timer idle_timer(client_.get_executor());
-  ClientIdle idle{&idle_timer, config_.limits.client_idle_timeout, &tx_status_};
-  co_return co_await Pump(
-      client_, client_buf_, backend_->socket(), scanner, to_backend_,
-      [](char, std::string_view) { return Action::kStop; }, idle);
-}
-
-awaitable<ClientSession::PumpEnd> ClientSession::BackendToClient() {
-  FrameScanner scanner(kMaxBackendMessage);
-  scanner.Inspect('Z');
-  scanner.Inspect('E');
-  co_return co_await Pump(
-      backend_->socket(), backend_->buffer(), client_, scanner, to_client_,
-      [this](char type, std::string_view msg) {
-        if (type == 'Z') {
-          tx_status_ = msg.size() > 5 ? msg[5] : 'I';
-        } else {
-          auto fields = protocol::ParseErrorFields(msg.substr(5));
-          if (fields.severity == "FATAL" || fields.severity == "PANIC") backend_sent_fatal_ = true;
-        }
-        return Action::kForward;
-      },
-      NoIdle{});
-}
-
-awaitable<void> ClientSession::Relay() {
-  using namespace asio::experimental::awaitable_operators;
-  to_backend_.reserve(16);
-  to_client_.reserve(16);
-  auto result = co_await (ClientToBackend() || BackendToClient());
-  if (result.index() == 0) {
-    switch (std::get<0>(result)) {
-      case PumpEnd::kTerminate:
-      case PumpEnd::kSourceClosed: {
-        // The client left: say goodbye to the server properly.
-        std::string terminate;
-        protocol::MessageWriter(&terminate).Begin('X').End();
-        co_await asio::async_write(backend_->socket(), asio::buffer(terminate), kNoThrow);
-        break;
-      }
-      case PumpEnd::kSinkClosed:
-        PGRELAY_LOG(
-            kWarning, "session",
-            "client " << peer_ << ": lost the connection to node " << backend_->node_name());
-        co_await SendFatal(sqlstate::kConnectionFailure,
-                           "pgrelay lost the connection to node " + backend_->node_name(),
-                           "Reconnect; the statement may not have run.");
-        break;
-      case PumpEnd::kBadLength:
-        PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": invalid message length");
-        co_await SendFatal(sqlstate::kProtocolViolation, "invalid message length");
-        break;
-      case PumpEnd::kTooLarge:
-        PGRELAY_LOG(kWarning, "session",
-                    "client " << peer_ << ": message exceeds max_message_size");
-        co_await SendFatal(sqlstate::kProgramLimitExceeded,
-                           "message exceeds the maximum size of " +
-                               std::to_string(config_.limits.max_message_size) + " bytes",
-                           "Send a smaller message or raise limits.max_message_size.");
-        break;
-      case PumpEnd::kIdle:
-        co_await SendFatal(sqlstate::kIdleSessionTimeout,
-                           "terminating connection due to idle-session timeout");
-        break;
-    }
-  } else {
-    PumpEnd end = std::get<1>(result);
-    if (end == PumpEnd::kSourceClosed && !backend_sent_fatal_) {
-      PGRELAY_LOG(
-          kWarning, "session",
-          "client " << peer_ << ": node " << backend_->node_name() << " closed the connection");
-      co_await SendFatal(
-          sqlstate::kConnectionFailure,
-          "server connection to node " + backend_->node_name() + " closed unexpectedly",
-          "Reconnect; a transaction in progress was rolled back.");
-    }
-  }
 }
 
 }  // namespace pgrelay::proxy

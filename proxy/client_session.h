@@ -1,53 +1,133 @@
-// One client connection: start-up, authentication, then relaying its traffic to the backend
-// connection(s) it owns. Lives in one coroutine on one worker; not thread-safe.
+// One client connection: start-up, authentication, then routing each unit of work (a simple
+// Query, or an extended-protocol batch up to Sync) to a backend connection it owns (at most one
+// per node, opened lazily) and relaying the replies back in order.
+// Lives in coroutines on one worker; not thread-safe.
+//
+// Ordering: units go to one backend at a time, the session's `current_` backend. The session
+// moves to another backend only once every reply owed by the current one has reached the
+// client, so replies never reorder, even for pipelining clients. Each backend has one reader
+// coroutine that relays its replies (streaming, without copying) and counts ReadyForQuery.
 #pragma once
 
+#include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "proxy/asio_common.h"
 #include "proxy/backend_connection.h"
 #include "proxy/buffer_pool.h"
-#include "proxy/protocol/frame_scanner.h"
 #include "proxy/server_context.h"
+#include "proxy/session_state.h"
+#include "proxy/signal.h"
 #include "proxy/wire_stream.h"
+#include "proxy/worker_context.h"
+#include "routing/router.h"
 
 namespace pgrelay::proxy {
 
 class ClientSession {
  public:
-  ClientSession(tcp::socket socket, ServerContext& context, BufferPool& pool);
+  ClientSession(tcp::socket socket, ServerContext& context, WorkerContext& worker);
   ~ClientSession();
 
   awaitable<void> Run();
   // Ends the session from outside (process shutdown): closes its sockets, so Run() returns.
   void Shutdown() { CloseAll(); }
 
-  // How one relay direction ended.
-  enum class PumpEnd { kSourceClosed, kSinkClosed, kTerminate, kBadLength, kTooLarge, kIdle };
-
  private:
+  // The replies to one unit (or one pgrelay-internal request), up to its ReadyForQuery.
+  struct Group {
+    bool forward = true;  // false: pgrelay's own request (state replay), swallowed
+    bool commit = false;  // the unit commits a transaction
+    bool error = false;   // an ErrorResponse was among the replies
+    char status_before = 'I';
+    char status_after = 'I';
+  };
+  // One server connection of this session.
+  struct Backend {
+    int node = -1;
+    std::unique_ptr<BackendConnection> conn;
+    std::deque<Group> pending;  // oldest first
+    uint32_t forward_pending = 0;
+    uint64_t state_version = 0;                          // session settings applied here
+    std::unordered_map<std::string, uint64_t> prepared;  // statement name -> definition id
+    bool alive = true;
+    bool reader_running = false;
+  };
+  // Extended-protocol messages since the last Sync, held until the batch can be routed whole.
+  struct Batch {
+    std::string bytes;
+    routing::UnitTraits traits;
+    std::vector<std::string> statements;  // named statements it uses (to re-prepare)
+    std::vector<std::string> defined;     // named statements it parses
+    std::vector<std::string> closed;      // named statements it closes
+    bool has_parse_unnamed = false;
+    bool uses_unnamed_without_parse = false;
+    bool group_pushed = false;
+    bool failed = false;
+    Backend* sticky = nullptr;  // after a Flush: the rest of the batch follows
+    bool empty() const { return bytes.empty(); }
+    void Clear() {
+      bytes.clear();
+      traits = {};
+      statements.clear();
+      defined.clear();
+      closed.clear();
+      has_parse_unnamed = uses_unnamed_without_parse = group_pushed = failed = false;
+      sticky = nullptr;
+    }
+  };
+
+  // Start-up (client_session.cc).
   awaitable<bool> Startup();
   awaitable<bool> StartupSteps();
   awaitable<bool> Authenticate();
   awaitable<bool> AuthenticateScram(const AuthDirectory::User* user);
   awaitable<bool> AuthenticateMd5(const AuthDirectory::User* user);
-  awaitable<bool> ConnectPrimary();
-  awaitable<void> Relay();
-  awaitable<PumpEnd> ClientToBackend();
-  awaitable<PumpEnd> BackendToClient();
+  awaitable<bool> ConnectFirstBackend();
   awaitable<void> HandleCancel(int32_t pid, int32_t key);
   awaitable<void> SendFatal(std::string_view code, std::string_view message,
                             std::string_view hint = {});
-  awaitable<void> SendError(std::string_view severity, std::string_view code,
-                            std::string_view message, std::string_view hint = {});
+  BackendLoginParams LoginParamsFor(const health::NodeStatus& node) const;
+  // "no primary node is available (pg1: <why>; ...)": tells the client what the probes saw.
+  static std::string NoPrimaryMessage(const health::Topology& topology);
   void CloseAll();
+
+  // The relay (session_relay.cc).
+  awaitable<void> Relay();
+  awaitable<bool> ClientPump();
+  awaitable<bool> OnClientMessage(char type, std::string_view msg);
+  void NoteStatementUse(std::string_view name);
+  awaitable<void> SendBatch(bool final, bool forced);
+  awaitable<Backend*> Choose(const routing::UnitTraits& traits, bool respond_ready = true);
+  awaitable<Backend*> OpenBackend(int node);
+  void StartReader(Backend* b);
+  awaitable<bool> SwitchTo(Backend* b);
+  void UpdateCancelTarget();
+  void AppendReplay(Backend* b, const std::vector<std::string>* statements);
+  void PushForward(Backend* b, const routing::UnitTraits& traits);
+  void PushSwallowed(Backend* b);
+  awaitable<bool> Flush();
+  awaitable<bool> WriteToClient(const std::vector<asio::const_buffer>& buffers);
+  awaitable<void> RespondError(std::string_view code, std::string_view message, bool with_ready);
+  awaitable<void> RespondReady();
+  awaitable<void> BackendReader(Backend* b);
+  awaitable<void> ReadBackend(Backend* b);
+  void OnGroupDone(Backend* b);
+  void OnBackendLost(Backend* b, std::string_view why);
+  awaitable<void> AnswerLost(Backend* b);
+  // Session-state bookkeeping for a statement string just sent to `b` (session_effects.cc).
+  void NoteStatementEffects(std::string_view sql, const routing::Classification& c, Backend* b);
+  static void StatementsUsed(const routing::Classification& c, std::vector<std::string>* out);
+  void DropOtherBackends(Backend* keep);
 
   ServerContext& ctx_;
   const config::Config& config_;
-  BufferPool& pool_;
+  WorkerContext& worker_;
   tcp::socket client_;
   IoBuffer client_buf_;
   WireStream client_stream_;
@@ -59,13 +139,28 @@ class ClientSession {
   bool counted_ = false;
   int32_t pid_ = 0;
   int32_t key_ = 0;
-  // The session's server connections; one (the primary) until routing uses several nodes.
-  std::unique_ptr<BackendConnection> backend_;
+
+  std::vector<std::unique_ptr<Backend>> backends_;  // indexed by node
+  Backend* current_ = nullptr;       // where the last unit went; the transaction's backend
+  Backend* unnamed_home_ = nullptr;  // where the unnamed prepared statement was parsed
+  SessionState state_;
+  Batch batch_;
+  std::vector<std::string> unit_statements_;
+  std::string outbox_;  // bytes for current_, written by Flush()
   char tx_status_ = 'I';
-  bool backend_sent_fatal_ = false;
+  bool tx_predicted_ = false;  // in a transaction once the sent units have run
+  bool pinned_logged_ = false;
+  bool ending_ = false;
+  int readers_ = 0;
+  Signal switch_signal_;  // a backend's forwarded replies all reached the client
+  Signal readers_done_;
+  Signal client_write_free_;
+  bool client_writing_ = false;
+  std::string last_connect_error_;
+  std::string lost_in_transaction_;
+  std::string reply_;
+  std::string reply_lost_;
   std::string scratch_;
-  std::vector<asio::const_buffer> to_backend_;
-  std::vector<asio::const_buffer> to_client_;
 };
 
 }  // namespace pgrelay::proxy

@@ -13,6 +13,7 @@
 #include "proxy/cancel_registry.h"
 #include "proxy/client_session.h"
 #include "proxy/server_context.h"
+#include "proxy/worker_context.h"
 
 namespace pgrelay::proxy {
 
@@ -23,7 +24,8 @@ constexpr auto kShutdownGrace = std::chrono::seconds(5);
 // One thread running one io_context; every session on it stays on it. `sessions` and
 // `shutting_down` are touched only on this worker's thread.
 struct Worker {
-  BufferPool pool;  // declared first: sessions return buffers to it while io is destroyed
+  explicit Worker(const config::Config& config) : context(config) {}
+  WorkerContext context;  // declared first: sessions return buffers to it while io is destroyed
   asio::io_context io{1};
   asio::executor_work_guard<asio::io_context::executor_type> guard{io.get_executor()};
   std::unordered_set<ClientSession*> sessions;
@@ -46,7 +48,7 @@ struct Worker {
 };
 
 awaitable<void> RunSession(tcp::socket socket, ServerContext* context, Worker* worker) {
-  ClientSession session(std::move(socket), *context, worker->pool);
+  ClientSession session(std::move(socket), *context, worker->context);
   worker->sessions.insert(&session);
   if (worker->shutting_down) session.Shutdown();
   co_await session.Run();
@@ -104,7 +106,7 @@ int Server::Run() {
   int n = s.config->workers > 0
               ? s.config->workers
               : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  for (int i = 0; i < n; ++i) s.workers.push_back(std::make_unique<Worker>());
+  for (int i = 0; i < n; ++i) s.workers.push_back(std::make_unique<Worker>(*s.config));
 
   tcp::acceptor acceptor(s.main_io);
   error_code ec;

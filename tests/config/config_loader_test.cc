@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -98,6 +99,8 @@ TEST(ConfigLoaderTest, ExampleFileLoadsWithDefaults) {
   EXPECT_EQ(c.health.interval, defaults.health.interval);
   EXPECT_EQ(c.health.timeout, defaults.health.timeout);
   EXPECT_EQ(c.health.database, defaults.health.database);
+  EXPECT_EQ(c.health.failure_threshold, defaults.health.failure_threshold);
+  EXPECT_EQ(c.health.recovery_threshold, defaults.health.recovery_threshold);
   EXPECT_EQ(c.log_level, defaults.log_level);
 }
 
@@ -118,9 +121,11 @@ TEST(ConfigLoaderTest, MinimalConfigGetsDefaults) {
   EXPECT_EQ(c.limits.startup_timeout, milliseconds(10000));
   EXPECT_EQ(c.limits.connect_timeout, milliseconds(5000));
   EXPECT_EQ(c.limits.client_idle_timeout, milliseconds(0));
-  EXPECT_EQ(c.health.interval, milliseconds(1000));
+  EXPECT_EQ(c.health.interval, milliseconds(500));
   EXPECT_EQ(c.health.timeout, milliseconds(3000));
   EXPECT_EQ(c.health.database, "postgres");
+  EXPECT_EQ(c.health.failure_threshold, 3);
+  EXPECT_EQ(c.health.recovery_threshold, 2);
   EXPECT_EQ(c.log_level, LogLevel::kInfo);
 }
 
@@ -145,7 +150,8 @@ limits:
   startup_timeout: 500ms
   connect_timeout: 2min
   client_idle_timeout: 1h
-health: {interval: 250, timeout: 2s, database: template1}
+health: {interval: 250, timeout: 2s, database: template1, failure_threshold: 5,
+         recovery_threshold: 1}
 log: {level: debug}
 )");
   EXPECT_EQ(c.listen.ToString(), "0.0.0.0:7000");
@@ -174,6 +180,8 @@ log: {level: debug}
   EXPECT_EQ(c.health.interval, milliseconds(250));
   EXPECT_EQ(c.health.timeout, milliseconds(2000));
   EXPECT_EQ(c.health.database, "template1");
+  EXPECT_EQ(c.health.failure_threshold, 5);
+  EXPECT_EQ(c.health.recovery_threshold, 1);
   EXPECT_EQ(c.log_level, LogLevel::kDebug);
 }
 
@@ -288,6 +296,14 @@ TEST(ConfigLoaderTest, IntegerRanges) {
        "must be an integer from 0 to 256 (got '99999999999999999999')"},
       {"limits: {max_client_connections: 0}\n", "limits.max_client_connections",
        "must be an integer from 1 to 1000000 (got '0')"},
+      {"health: {failure_threshold: 0}\n", "health.failure_threshold",
+       "must be an integer from 1 to 100 (got '0')"},
+      {"health: {failure_threshold: 101}\n", "health.failure_threshold",
+       "must be an integer from 1 to 100 (got '101')"},
+      {"health: {recovery_threshold: 0}\n", "health.recovery_threshold",
+       "must be an integer from 1 to 100 (got '0')"},
+      {"health: {recovery_threshold: two}\n", "health.recovery_threshold",
+       "must be an integer from 1 to 100 (got 'two')"},
   };
   for (const Case& c : kCases) {
     const ConfigError e = SingleError(std::string(kBase) + c.yaml);
@@ -625,6 +641,127 @@ TEST(ConfigErrorTest, ToString) {
 TEST(EndpointTest, ToString) {
   EXPECT_EQ((Endpoint{"10.0.0.1", 5432}).ToString(), "10.0.0.1:5432");
   EXPECT_EQ((Endpoint{"::1", 6432}).ToString(), "[::1]:6432");
+}
+
+}  // namespace
+}  // namespace pgrelay::config
+
+namespace pgrelay::config {
+namespace {
+
+TEST(ConfigRoutingTest, ReadRoutingKnobs) {
+  auto r = LoadConfigString(
+      "nodes: [{name: a, host: h}]\nusers: [{name: u, password: p}]\n"
+      "routing: {strategy: follower, load_balance: least_connections, max_lag_bytes: 1MB,\n"
+      "          max_lag: 2s, fallback_to_primary: false}\n");
+  ASSERT_TRUE(r.errors.empty()) << r.errors[0].ToString();
+  EXPECT_EQ(r.config->strategy, Strategy::kFollower);
+  EXPECT_EQ(r.config->routing.load_balance, LoadBalance::kLeastConnections);
+  EXPECT_EQ(r.config->routing.max_lag_bytes, 1u << 20);
+  EXPECT_EQ(r.config->routing.max_lag, std::chrono::milliseconds(2000));
+  EXPECT_FALSE(r.config->routing.fallback_to_primary);
+}
+
+TEST(ConfigRoutingTest, RoutingDefaultsAndErrors) {
+  auto ok = LoadConfigString("nodes: [{name: a, host: h}]\nusers: [{name: u, password: p}]\n");
+  ASSERT_TRUE(ok.errors.empty());
+  EXPECT_EQ(ok.config->routing.load_balance, LoadBalance::kRoundRobin);
+  EXPECT_TRUE(ok.config->routing.fallback_to_primary);
+  auto bad = LoadConfigString(
+      "nodes: [{name: a, host: h}]\nusers: [{name: u, password: p}]\n"
+      "routing: {load_balance: fastest, fallback_to_primary: maybe, max_lag: -1}\n");
+  ASSERT_EQ(bad.errors.size(), 3u);
+  EXPECT_EQ(bad.errors[0].key, "routing.load_balance");
+  EXPECT_EQ(bad.errors[1].key, "routing.fallback_to_primary");
+  EXPECT_EQ(bad.errors[2].key, "routing.max_lag");
+}
+
+TEST(ConfigRoutingTest, ClassifierKeys) {
+  const Config c = MustLoad(std::string(kBase) + R"(routing:
+  strategy: follower
+  rules:
+    - {match: '(?i)^\s*select .* from reports\b', route: replica}
+    - {match: 'FOR UPDATE', route: primary}
+  side_effect_free_functions: [pg_catalog.random, my_schema.pure_lookup]
+  primary_functions: [nextval, audit.log_event]
+  classifier_cache_size: 500
+)");
+  EXPECT_EQ(c.strategy, Strategy::kFollower);
+  ASSERT_EQ(c.routing.rules.size(), 2u);
+  EXPECT_EQ(c.routing.rules[0].match, "(?i)^\\s*select .* from reports\\b");
+  EXPECT_EQ(c.routing.rules[0].route, Route::kReplica);
+  EXPECT_EQ(c.routing.rules[1].match, "FOR UPDATE");
+  EXPECT_EQ(c.routing.rules[1].route, Route::kPrimary);
+  EXPECT_EQ(c.routing.side_effect_free_functions,
+            (std::vector<std::string>{"pg_catalog.random", "my_schema.pure_lookup"}));
+  EXPECT_EQ(c.routing.primary_functions,
+            (std::vector<std::string>{"nextval", "audit.log_event"}));
+  EXPECT_EQ(c.routing.classifier_cache_size, 500u);
+}
+
+TEST(ConfigRoutingTest, ClassifierDefaults) {
+  const Config c = MustLoad(kBase);
+  EXPECT_TRUE(c.routing.rules.empty());
+  EXPECT_EQ(c.routing.classifier_cache_size, 10000u);
+  EXPECT_EQ(c.routing.side_effect_free_functions, DefaultSideEffectFreeFunctions());
+  EXPECT_EQ(c.routing.primary_functions, DefaultPrimaryFunctions());
+  auto has = [](const std::vector<std::string>& v, const std::string& name) {
+    return std::find(v.begin(), v.end(), name) != v.end();
+  };
+  EXPECT_TRUE(has(c.routing.side_effect_free_functions, "pg_catalog.random"));
+  EXPECT_TRUE(has(c.routing.side_effect_free_functions, "pg_catalog.clock_timestamp"));
+  EXPECT_TRUE(has(c.routing.primary_functions, "nextval"));
+  EXPECT_TRUE(has(c.routing.primary_functions, "pg_advisory_lock"));
+  EXPECT_TRUE(has(c.routing.primary_functions, "txid_current"));
+  // Empty lists are allowed and replace the defaults.
+  const Config empty = MustLoad(std::string(kBase) +
+                                "routing: {side_effect_free_functions: [], primary_functions: []}\n");
+  EXPECT_TRUE(empty.routing.side_effect_free_functions.empty());
+  EXPECT_TRUE(empty.routing.primary_functions.empty());
+  // The example file documents the defaults.
+  const LoadResult example =
+      LoadConfigFile(PGRELAY_TEST_DATA_DIR "/../config/pgrelay.example.yaml");
+  ASSERT_TRUE(example.errors.empty()) << AllErrors(example);
+  EXPECT_EQ(example.config->routing.side_effect_free_functions, DefaultSideEffectFreeFunctions());
+  EXPECT_EQ(example.config->routing.primary_functions, DefaultPrimaryFunctions());
+  EXPECT_EQ(example.config->routing.classifier_cache_size, 10000u);
+  EXPECT_TRUE(example.config->routing.rules.empty());
+}
+
+TEST(ConfigRoutingTest, ClassifierKeyErrors) {
+  // Every problem at once, each with its line.
+  const LoadResult r = LoadConfigString(std::string(kBase) + R"(routing:
+  rules:
+    - {match: '(unclosed', route: primary}
+    - {match: 'ok', route: sideways}
+    - {route: replica}
+    - {match: 'x', route: primary, weight: 2}
+    - just a string
+  side_effect_free_functions: [random(), 'two words', a.b.c, '']
+  primary_functions: nextval
+  classifier_cache_size: -1
+)");
+  EXPECT_EQ(r.config, nullptr);
+  std::vector<std::pair<std::string, int>> got;
+  for (const ConfigError& e : r.errors) got.emplace_back(e.key, e.line);
+  const std::vector<std::pair<std::string, int>> want = {
+      {"routing.rules[0].match", 7},
+      {"routing.rules[1].route", 8},
+      {"routing.rules[2].match", 9},
+      {"routing.rules[3].weight", 10},
+      {"routing.rules[4]", 11},
+      {"routing.side_effect_free_functions[0]", 12},
+      {"routing.side_effect_free_functions[1]", 12},
+      {"routing.side_effect_free_functions[2]", 12},
+      {"routing.side_effect_free_functions[3]", 12},
+      {"routing.primary_functions", 13},
+      {"routing.classifier_cache_size", 14},
+  };
+  EXPECT_EQ(got, want) << AllErrors(r);
+  ASSERT_FALSE(r.errors.empty());
+  EXPECT_NE(r.errors[0].message.find("invalid regular expression '(unclosed'"), std::string::npos)
+      << r.errors[0].message;
+  EXPECT_EQ(r.errors.back().message, "must be an integer from 0 to 10000000 (got '-1')");
 }
 
 }  // namespace

@@ -1,0 +1,117 @@
+// Session-state bookkeeping of ClientSession: what a statement string did to the session's
+// settings, prepared statements and pins, so other backends can be brought to the same state.
+#include "config/log.h"
+#include "proxy/client_session.h"
+
+namespace pgrelay::proxy {
+
+using routing::Flag;
+
+void ClientSession::StatementsUsed(const routing::Classification& c,
+                                   std::vector<std::string>* out) {
+  if (!c.Has(Flag::kExecute)) return;
+  for (const routing::SessionItem& item : c.session_items()) {
+    if (item.kind == Flag::kExecute && !item.name.empty()) out->push_back(item.name);
+  }
+}
+
+void ClientSession::NoteStatementEffects(std::string_view sql, const routing::Classification& c,
+                                         Backend* b) {
+  if (c.txn == routing::TxnKind::kSetSessionCharacteristics && c.statement_count == 1) {
+    state_.RecordSet("session characteristics", sql, tx_predicted_,
+                     c.txn_access == routing::TxnAccess::kReadOnly ? "on" : "off");
+    if (!tx_predicted_) b->state_version = state_.settings_version();
+  }
+  if (!c.changes_session_state()) return;
+  bool settings_changed = false;
+  for (const routing::SessionItem& item : c.session_items()) {
+    switch (item.kind) {
+      case Flag::kSetSession:
+        state_.RecordSet(item.name, item.statement, tx_predicted_, item.value);
+        settings_changed = true;
+        break;
+      case Flag::kSetConfigSession: {
+        // set_config(name, value, false): replay as a plain SET when the value is a constant.
+        std::string replay =
+            item.value.empty() ? item.statement : "SET " + item.name + " TO " + item.value;
+        state_.RecordSet(item.name, replay, tx_predicted_, item.value);
+        settings_changed = true;
+        break;
+      }
+      case Flag::kReset:
+        state_.RecordReset(item.name, tx_predicted_);
+        settings_changed = true;
+        break;
+      case Flag::kResetAll:
+        state_.RecordResetAll(tx_predicted_);
+        settings_changed = true;
+        break;
+      case Flag::kPrepare: {
+        routing::UnitTraits traits;
+        traits.write = item.target == routing::Target::kPrimary;
+        state_.DefinePrepared(item.name, /*sql=*/true, item.statement, traits);
+        if (const SessionState::Prepared* p = state_.FindPrepared(item.name))
+          b->prepared[item.name] = p->id;
+        break;
+      }
+      case Flag::kDeallocate:
+        state_.Deallocate(item.name);
+        b->prepared.erase(item.name);
+        break;
+      case Flag::kDeallocateAll:
+        state_.DeallocateAll();
+        b->prepared.clear();
+        break;
+      case Flag::kDiscardAll:
+        state_.DiscardAll();
+        b->prepared.clear();
+        b->state_version = state_.settings_version();
+        DropOtherBackends(b);
+        PGRELAY_LOG(kDebug, "session", "client " << peer_ << ": DISCARD ALL, session unpinned");
+        break;
+      case Flag::kListen:
+        state_.Pin("LISTEN");
+        break;
+      case Flag::kUnlistenAll:
+        state_.UnpinListen();
+        break;
+      case Flag::kCreateTemp:
+        state_.Pin("temporary objects");
+        break;
+      case Flag::kSessionAdvisoryLock:
+        state_.Pin("session advisory lock");
+        break;
+      case Flag::kDeclareCursorWithHold:
+        state_.Pin("WITH HOLD cursor");
+        break;
+      case Flag::kLoad:
+        state_.Pin("LOAD");
+        break;
+      default:
+        break;
+    }
+  }
+  if (settings_changed && !tx_predicted_) b->state_version = state_.settings_version();
+  if (state_.pinned() && !pinned_logged_) {
+    pinned_logged_ = true;
+    ++worker_.pins;
+    PGRELAY_LOG(kInfo, "session", "client " << peer_ << " pinned to the primary by "
+                                            << state_.pins().front());
+  } else if (!state_.pinned()) {
+    pinned_logged_ = false;
+  }
+}
+
+void ClientSession::DropOtherBackends(Backend* keep) {
+  for (auto& slot : backends_) {
+    Backend* other = slot.get();
+    if (other == nullptr || other == keep || !other->alive || other->forward_pending > 0) continue;
+    // Closing ends its reader; the next unit routed there opens a fresh connection.
+    other->alive = false;
+    error_code ignored;
+    other->conn->socket().close(ignored);
+    if (unnamed_home_ == other) unnamed_home_ = nullptr;
+  }
+}
+
+}  // namespace pgrelay::proxy

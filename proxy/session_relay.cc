@@ -1,0 +1,656 @@
+// The relay half of ClientSession: routing units of work to backends and relaying replies back
+// in order. See client_session.h for the model; docs/routing.md for the guarantees.
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/write.hpp>
+
+#include <exception>
+#include <variant>
+
+#include "config/log.h"
+#include "proxy/client_session.h"
+#include "proxy/protocol/frame_scanner.h"
+#include "proxy/protocol/messages.h"
+
+namespace pgrelay::proxy {
+
+namespace {
+
+using protocol::FrameScanner;
+namespace sqlstate = protocol::sqlstate;
+
+// Backends are trusted to frame correctly; this only guards against a corrupt stream.
+constexpr uint32_t kMaxBackendMessage = 0x7fffffff;
+// An extended-protocol batch held longer than this is sent before its Sync arrives.
+constexpr size_t kMaxHeldBatch = 1 << 20;
+
+// Appends bytes to a gather list, merging with the previous piece when contiguous, so a batch of
+// relayed messages leaves in one writev.
+void Gather(std::vector<asio::const_buffer>& out, std::string_view bytes) {
+  if (!out.empty()) {
+    const asio::const_buffer& last = out.back();
+    if (static_cast<const char*>(last.data()) + last.size() == bytes.data()) {
+      out.back() = asio::const_buffer(last.data(), last.size() + bytes.size());
+      return;
+    }
+  }
+  out.emplace_back(bytes.data(), bytes.size());
+}
+
+void AppendQuery(std::string* out, std::string_view sql) {
+  protocol::MessageWriter(out).Begin('Q').CString(sql).End();
+}
+
+void AppendSync(std::string* out) { protocol::MessageWriter(out).Begin('S').End(); }
+
+std::string QuoteIdent(std::string_view name) {
+  std::string q = "\"";
+  for (char c : name) {
+    if (c == '"') q += '"';
+    q += c;
+  }
+  q += '"';
+  return q;
+}
+
+}  // namespace
+
+awaitable<void> ClientSession::Relay() {
+  try {
+    co_await ClientPump();
+  } catch (const std::exception& e) {
+    PGRELAY_LOG(kError, "session", "client " << peer_ << ": internal error: " << e.what());
+  }
+  ending_ = true;
+  // Say goodbye to the servers properly, then wait for every reader to finish.
+  std::string terminate;
+  protocol::MessageWriter(&terminate).Begin('X').End();
+  for (auto& b : backends_) {
+    if (b && b->alive && b->conn->socket().is_open()) {
+      co_await asio::async_write(b->conn->socket(), asio::buffer(terminate), kNoThrow);
+    }
+  }
+  CloseAll();
+  while (readers_ > 0) co_await readers_done_.Wait();
+}
+
+awaitable<bool> ClientSession::ClientPump() {
+  FrameScanner scanner(config_.limits.max_message_size);
+  for (int t = 0; t < 256; ++t) {
+    if (t != 'd') scanner.Inspect(static_cast<char>(t));  // CopyData streams through
+  }
+  asio::steady_timer idle_timer(client_.get_executor());
+  const auto idle_limit = config_.limits.client_idle_timeout;
+  for (;;) {
+    size_t needed = 0;
+    for (;;) {
+      FrameScanner::Frame f = scanner.Next(client_buf_.Unconsumed());
+      if (f.kind == FrameScanner::Kind::kWhole && scanner.inspected(f.type)) {
+        bool go_on = co_await OnClientMessage(f.type, f.bytes);
+        client_buf_.Consume(f.bytes.size());
+        if (!go_on || ending_) co_return false;
+        continue;
+      }
+      if (f.kind == FrameScanner::Kind::kWhole || f.kind == FrameScanner::Kind::kPartial) {
+        outbox_.append(f.bytes);  // CopyData: to the backend in COPY mode
+        client_buf_.Consume(f.bytes.size());
+        continue;
+      }
+      if (f.kind == FrameScanner::Kind::kNeedMore) {
+        needed = f.needed;
+        break;
+      }
+      co_await Flush();
+      if (f.kind == FrameScanner::Kind::kBadLength) {
+        PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": invalid message length");
+        co_await SendFatal(sqlstate::kProtocolViolation, "invalid message length");
+      } else {
+        PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": message exceeds max_message_size");
+        const std::string message = "message exceeds the maximum size of " +
+                                    std::to_string(config_.limits.max_message_size) + " bytes";
+        co_await SendFatal(sqlstate::kProgramLimitExceeded, message,
+                           "Send a smaller message or raise limits.max_message_size.");
+      }
+      co_return false;
+    }
+    if (!co_await Flush()) co_return false;
+    if (client_buf_.Unconsumed().empty()) client_buf_.ShrinkIfIdle();
+    client_buf_.MakeRoom(needed);
+    auto buffer = asio::buffer(client_buf_.WritePtr(), client_buf_.WritableSize());
+    if (idle_limit.count() > 0) {
+      using namespace asio::experimental::awaitable_operators;
+      idle_timer.expires_after(idle_limit);
+      auto r = co_await (client_.async_read_some(buffer, kNoThrow) ||
+                         idle_timer.async_wait(kNoThrow));
+      if (r.index() == 1) {
+        if (tx_status_ == 'I' && !ending_) {
+          co_await SendFatal(sqlstate::kIdleSessionTimeout,
+                             "terminating connection due to idle-session timeout");
+          co_return false;
+        }
+        continue;
+      }
+      auto [ec, n] = std::get<0>(r);
+      if (ec) co_return false;
+      client_buf_.Commit(n);
+    } else {
+      auto [ec, n] = co_await client_.async_read_some(buffer, kNoThrow);
+      if (ec) co_return false;
+      client_buf_.Commit(n);
+    }
+  }
+}
+
+awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) {
+  protocol::MessageReader r(msg.substr(5));
+  switch (type) {
+    case 'Q': {
+      if (!batch_.empty()) co_await SendBatch(/*final=*/false, /*forced=*/true);
+      std::string_view sql = r.CString();
+      routing::Classification c = worker_.classifier.Classify(sql);
+      routing::UnitTraits traits = TraitsOf(c);
+      unit_statements_.clear();
+      StatementsUsed(c, &unit_statements_);
+      Backend* b = co_await Choose(traits);
+      if (b == nullptr) co_return !ending_;
+      if (!co_await SwitchTo(b)) co_return false;
+      AppendReplay(b, &unit_statements_);
+      outbox_.append(msg);
+      PushForward(b, traits);
+      NoteStatementEffects(sql, c, b);
+      co_return true;
+    }
+    case 'P': {
+      std::string_view name = r.CString();
+      std::string_view sql = r.CString();
+      routing::Classification c = worker_.classifier.Classify(sql);
+      routing::UnitTraits traits = TraitsOf(c);
+      batch_.traits.Merge(traits);
+      if (name.empty()) {
+        batch_.has_parse_unnamed = true;
+      } else {
+        state_.DefinePrepared(name, /*sql=*/false, msg, traits);
+        batch_.defined.emplace_back(name);
+      }
+      batch_.bytes.append(msg);
+      break;
+    }
+    case 'B': {
+      r.CString();  // portal
+      std::string_view statement = r.CString();
+      NoteStatementUse(statement);
+      batch_.bytes.append(msg);
+      break;
+    }
+    case 'D': {
+      char what = r.Byte();
+      std::string_view name = r.CString();
+      if (what == 'S') NoteStatementUse(name);
+      batch_.bytes.append(msg);
+      break;
+    }
+    case 'C': {
+      char what = r.Byte();
+      std::string_view name = r.CString();
+      if (what == 'S' && !name.empty()) {
+        state_.Deallocate(name);
+        batch_.closed.emplace_back(name);
+      }
+      batch_.bytes.append(msg);
+      break;
+    }
+    case 'E':
+      batch_.bytes.append(msg);
+      break;
+    case 'H':
+      batch_.bytes.append(msg);
+      co_await SendBatch(/*final=*/false, /*forced=*/false);
+      break;
+    case 'S':
+      batch_.bytes.append(msg);
+      co_await SendBatch(/*final=*/true, /*forced=*/false);
+      break;
+    case 'F': {  // FunctionCall: a function may write
+      if (!batch_.empty()) co_await SendBatch(false, true);
+      routing::UnitTraits traits;
+      traits.write = true;
+      Backend* b = co_await Choose(traits);
+      if (b == nullptr) co_return !ending_;
+      if (!co_await SwitchTo(b)) co_return false;
+      outbox_.append(msg);
+      PushForward(b, traits);
+      break;
+    }
+    case 'X':
+      co_return false;
+    case 'c':  // CopyDone / CopyFail: to the backend in COPY mode
+    case 'f':
+      outbox_.append(msg);
+      break;
+    default: {
+      const std::string message =
+          "invalid frontend message type " + std::to_string(static_cast<unsigned char>(type));
+      PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": " << message);
+      co_await Flush();
+      co_await SendFatal(sqlstate::kProtocolViolation, message);
+      co_return false;
+    }
+  }
+  if (batch_.bytes.size() > kMaxHeldBatch) co_await SendBatch(false, true);
+  co_return !ending_;
+}
+
+void ClientSession::NoteStatementUse(std::string_view name) {
+  if (name.empty()) {
+    if (!batch_.has_parse_unnamed) batch_.uses_unnamed_without_parse = true;
+    return;
+  }
+  for (const auto& d : batch_.defined) {
+    if (d == name) return;
+  }
+  if (const SessionState::Prepared* p = state_.FindPrepared(name)) {
+    batch_.traits.Merge(p->traits);
+    batch_.statements.emplace_back(name);
+  }
+}
+
+awaitable<void> ClientSession::SendBatch(bool final, bool forced) {
+  Backend* b = batch_.sticky;
+  if (b == nullptr) {
+    if (batch_.failed) {
+      // Routing failed at a Flush: the error was sent; answer the Sync and drop the rest.
+      if (final) co_await RespondReady();
+      batch_.Clear();
+      co_return;
+    }
+    if (batch_.uses_unnamed_without_parse && unnamed_home_ && unnamed_home_->alive &&
+        (current_ == nullptr || current_->forward_pending == 0 || current_ == unnamed_home_)) {
+      b = unnamed_home_;  // the unnamed statement lives there
+    } else {
+      b = co_await Choose(batch_.traits, /*respond_ready=*/final);
+    }
+    if (b == nullptr) {
+      if (!final) batch_.failed = true;
+      else batch_.Clear();
+      co_return;
+    }
+    if (!co_await SwitchTo(b)) co_return;
+    AppendReplay(b, &batch_.statements);
+  }
+  for (const auto& name : batch_.closed) b->prepared.erase(name);
+  for (const auto& name : batch_.defined) {
+    if (const SessionState::Prepared* p = state_.FindPrepared(name)) b->prepared[name] = p->id;
+  }
+  batch_.closed.clear();
+  batch_.defined.clear();
+  batch_.statements.clear();
+  if (batch_.has_parse_unnamed) unnamed_home_ = b;
+  outbox_.append(batch_.bytes);
+  batch_.bytes.clear();
+  if (!batch_.group_pushed) {
+    PushForward(b, batch_.traits);
+    batch_.group_pushed = true;
+  }
+  if (final) {
+    batch_.Clear();
+  } else {
+    batch_.sticky = b;
+    if (!forced) co_await Flush();
+  }
+}
+
+awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTraits& traits,
+                                                         bool respond_ready) {
+  // Inside a transaction everything stays on the transaction's backend. While replies are
+  // outstanding the predicted state counts (the client may pipeline BEGIN and more).
+  bool pending = current_ && current_->forward_pending > 0;
+  bool in_tx = pending ? tx_predicted_ : tx_status_ != 'I';
+  if (in_tx && current_ && current_->alive) co_return current_;
+
+  auto topology = ctx_.monitor->Snapshot();
+  routing::SessionRouting session{config_.strategy, state_.pinned(), state_.default_read_only()};
+  // Keep a pipelining client on its backend when that backend is as good a target.
+  if (pending && current_->alive) {
+    bool current_is_primary = current_->node == topology->primary;
+    bool needs_primary = worker_.router.NeedsPrimary(traits, session);
+    if (current_is_primary ? needs_primary
+                           : !needs_primary &&
+                                 worker_.router.EligibleReplica(*topology, current_->node)) {
+      co_return current_;
+    }
+  }
+  routing::RouteResult route = worker_.router.Route(traits, session, *topology, worker_.in_flight);
+  Backend* b = nullptr;
+  if (route.node >= 0) {
+    b = backends_[route.node].get();
+    if (b == nullptr || !b->alive) b = co_await OpenBackend(route.node);
+    if (b == nullptr && !route.to_primary && config_.routing.fallback_to_primary &&
+        topology->primary >= 0) {
+      Backend* p = backends_[topology->primary].get();
+      if (p && p->alive) {
+        b = p;
+      } else {
+        b = co_await OpenBackend(topology->primary);
+      }
+    }
+  }
+  if (b == nullptr && !ending_) {
+    std::string message = route.error ? route.error : "pgrelay could not connect to a node";
+    if (route.node >= 0 && !last_connect_error_.empty()) message += ": " + last_connect_error_;
+    if (route.node < 0 && route.to_primary) message = NoPrimaryMessage(*topology);
+    co_await RespondError(sqlstate::kUnableToConnect, message, respond_ready);
+  }
+  co_return b;
+}
+
+awaitable<ClientSession::Backend*> ClientSession::OpenBackend(int node) {
+  auto& slot = backends_[node];
+  if (slot && slot->reader_running) {
+    error_code ignored;
+    slot->conn->socket().close(ignored);
+    while (slot->reader_running) co_await readers_done_.Wait();
+  }
+  auto topology = ctx_.monitor->Snapshot();
+  const health::NodeStatus& status = topology->nodes[node];
+  BackendLoginParams params = LoginParamsFor(status);
+  auto b = std::make_unique<Backend>();
+  b->node = node;
+  b->conn = std::make_unique<BackendConnection>(client_.get_executor(), &worker_.pool);
+  if (!co_await b->conn->Login(params)) {
+    last_connect_error_ = b->conn->error_message();
+    PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": could not open a connection to node "
+                                               << status.name << ": " << last_connect_error_);
+    co_return nullptr;
+  }
+  slot = std::move(b);
+  StartReader(slot.get());
+  co_return slot.get();
+}
+
+void ClientSession::StartReader(Backend* b) {
+  b->reader_running = true;
+  ++readers_;
+  asio::co_spawn(client_.get_executor(), BackendReader(b), asio::detached);
+}
+
+awaitable<bool> ClientSession::SwitchTo(Backend* b) {
+  if (current_ != b) {
+    co_await Flush();
+    // Replies must reach the client in order: let the previous backend finish first.
+    while (current_ && current_->alive && current_->forward_pending > 0 && !ending_) {
+      co_await switch_signal_.Wait();
+    }
+    current_ = b;
+    UpdateCancelTarget();
+  }
+  co_return !ending_;
+}
+
+void ClientSession::UpdateCancelTarget() {
+  const BackendConnection& c = *current_->conn;
+  ctx_.cancels->Update(pid_, CancelTarget{c.host(), c.port(), c.pid(), c.key()});
+}
+
+void ClientSession::AppendReplay(Backend* b, const std::vector<std::string>* statements) {
+  if (b->state_version != state_.settings_version()) {
+    // One query per setting: a setting that fails to replay does not stop the others.
+    AppendQuery(&outbox_, "RESET ALL");
+    PushSwallowed(b);
+    for (const auto& [name, statement] : state_.settings()) {
+      AppendQuery(&outbox_, statement);
+      PushSwallowed(b);
+    }
+    b->state_version = state_.settings_version();
+  }
+  if (statements == nullptr) return;
+  for (const std::string& name : *statements) {
+    const SessionState::Prepared* p = state_.FindPrepared(name);
+    if (p == nullptr) continue;
+    auto it = b->prepared.find(name);
+    if (it != b->prepared.end() && it->second == p->id) continue;
+    if (it != b->prepared.end()) {  // an older definition under the same name
+      AppendQuery(&outbox_, "DEALLOCATE " + QuoteIdent(name));
+      PushSwallowed(b);
+    }
+    if (p->sql) {
+      AppendQuery(&outbox_, p->definition);
+    } else {
+      outbox_.append(p->definition);
+      AppendSync(&outbox_);
+    }
+    PushSwallowed(b);
+    b->prepared[name] = p->id;
+  }
+}
+
+void ClientSession::PushForward(Backend* b, const routing::UnitTraits& traits) {
+  Group g;
+  g.forward = true;
+  g.commit = traits.commits;
+  g.status_before = tx_status_;
+  b->pending.push_back(g);
+  ++b->forward_pending;
+  ++worker_.in_flight[b->node];
+  if (traits.tx_after == routing::TxAfter::kInTransaction) tx_predicted_ = true;
+  if (traits.tx_after == routing::TxAfter::kIdle) tx_predicted_ = false;
+}
+
+void ClientSession::PushSwallowed(Backend* b) {
+  Group g;
+  g.forward = false;
+  b->pending.push_back(g);
+}
+
+awaitable<bool> ClientSession::Flush() {
+  if (outbox_.empty()) co_return !ending_;
+  if (current_ == nullptr || !current_->alive) {
+    outbox_.clear();
+    co_return !ending_;
+  }
+  auto [ec, n] = co_await asio::async_write(current_->conn->socket(), asio::buffer(outbox_),
+                                            kNoThrow);
+  outbox_.clear();
+  // A failed write shows up in the backend's reader as well, which answers the client.
+  if (ec) PGRELAY_LOG(kDebug, "session", "client " << peer_ << ": write to backend failed");
+  co_return !ending_;
+}
+
+awaitable<bool> ClientSession::WriteToClient(const std::vector<asio::const_buffer>& buffers) {
+  while (client_writing_) co_await client_write_free_.Wait();
+  client_writing_ = true;
+  auto [ec, n] = co_await asio::async_write(client_, buffers, kNoThrow);
+  client_writing_ = false;
+  client_write_free_.Notify();
+  if (ec) {
+    ending_ = true;
+    CloseAll();
+    co_return false;
+  }
+  co_return true;
+}
+
+awaitable<void> ClientSession::RespondError(std::string_view code, std::string_view message,
+                                            bool with_ready) {
+  co_await Flush();
+  while (current_ && current_->alive && current_->forward_pending > 0 && !ending_) {
+    co_await switch_signal_.Wait();
+  }
+  if (ending_) co_return;
+  reply_.clear();
+  protocol::AppendError(&reply_, "ERROR", code, message);
+  if (with_ready) protocol::AppendReadyForQuery(&reply_, tx_status_);
+  std::vector<asio::const_buffer> out{asio::buffer(reply_)};
+  co_await WriteToClient(out);
+}
+
+awaitable<void> ClientSession::RespondReady() {
+  while (current_ && current_->alive && current_->forward_pending > 0 && !ending_) {
+    co_await switch_signal_.Wait();
+  }
+  if (ending_) co_return;
+  reply_.clear();
+  protocol::AppendReadyForQuery(&reply_, tx_status_);
+  std::vector<asio::const_buffer> out{asio::buffer(reply_)};
+  co_await WriteToClient(out);
+}
+
+void ClientSession::OnGroupDone(Backend* b) {
+  Group g = b->pending.front();
+  b->pending.pop_front();
+  if (!g.forward) {
+    if (g.error) {
+      PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": replaying session state on node "
+                                                 << b->conn->node_name() << " failed");
+    }
+    return;
+  }
+  --b->forward_pending;
+  --worker_.in_flight[b->node];
+  char before = tx_status_;
+  tx_status_ = g.status_after;
+  if (before != 'I' && tx_status_ == 'I') {
+    state_.EndTransaction(g.commit && before == 'T' && !g.error);
+  }
+  if (b->forward_pending == 0) {
+    tx_predicted_ = tx_status_ != 'I';
+    switch_signal_.Notify();
+  }
+}
+
+awaitable<void> ClientSession::BackendReader(Backend* b) {
+  try {
+    co_await ReadBackend(b);
+  } catch (const std::exception& e) {
+    PGRELAY_LOG(kError, "session", "client " << peer_ << ": internal error: " << e.what());
+  }
+  b->reader_running = false;
+  --readers_;
+  readers_done_.Notify();
+}
+
+awaitable<void> ClientSession::ReadBackend(Backend* b) {
+  FrameScanner scanner(kMaxBackendMessage);
+  for (char t : {'Z', 'E', 'A', 'N', 'S'}) scanner.Inspect(t);
+  IoBuffer& in = b->conn->buffer();
+  tcp::socket& socket = b->conn->socket();
+  std::vector<asio::const_buffer> out;
+  out.reserve(16);
+  bool forward_current = false;  // decision for the message being streamed
+  for (;;) {
+    out.clear();
+    size_t completed = 0;  // groups whose ReadyForQuery is in this chunk
+    size_t needed = 0;
+    bool corrupt = false;
+    for (;;) {
+      FrameScanner::Frame f = scanner.Next(in.Unconsumed());
+      if (f.kind == FrameScanner::Kind::kNeedMore) {
+        needed = f.needed;
+        break;
+      }
+      if (f.kind != FrameScanner::Kind::kWhole && f.kind != FrameScanner::Kind::kPartial) {
+        corrupt = true;
+        break;
+      }
+      if (f.kind == FrameScanner::Kind::kWhole || f.first_piece) {
+        Group* g = completed < b->pending.size() ? &b->pending[completed] : nullptr;
+        if (g != nullptr) {
+          forward_current = g->forward;
+          if (f.kind == FrameScanner::Kind::kWhole && f.type == 'Z') {
+            g->status_after = f.bytes.size() > 5 ? f.bytes[5] : 'I';
+            ++completed;
+          } else if (f.type == 'E') {
+            g->error = true;
+          }
+        } else {
+          // Unsolicited: notifications, notices and parameter changes of the backend serving
+          // the session reach the client; an error here is the server ending an idle
+          // connection, which the session survives.
+          forward_current = b == current_ && (f.type == 'A' || f.type == 'N' || f.type == 'S');
+          if (f.type == 'E') {
+            auto fields = protocol::ParseErrorFields(f.bytes.substr(5));
+            PGRELAY_LOG(kInfo, "session", "client " << peer_ << ": node " << b->conn->node_name()
+                                                    << " closed an idle connection: "
+                                                    << fields.message);
+          }
+        }
+      }
+      if (forward_current) Gather(out, f.bytes);
+      in.Consume(f.bytes.size());
+    }
+    if (!out.empty() && !co_await WriteToClient(out)) co_return;
+    for (size_t i = 0; i < completed; ++i) OnGroupDone(b);
+    if (corrupt) {
+      OnBackendLost(b, "sent a malformed message");
+      co_return;
+    }
+    if (in.Unconsumed().empty()) in.ShrinkIfIdle();
+    in.MakeRoom(needed);
+    auto [ec, n] =
+        co_await socket.async_read_some(asio::buffer(in.WritePtr(), in.WritableSize()), kNoThrow);
+    if (ec) {
+      if (!ending_) OnBackendLost(b, ec == asio::error::eof ? "closed the connection" : ec.message());
+      co_return;
+    }
+    in.Commit(n);
+  }
+}
+
+void ClientSession::OnBackendLost(Backend* b, std::string_view why) {
+  b->alive = false;
+  error_code ignored;
+  b->conn->socket().close(ignored);
+  if (current_ == b && (tx_status_ != 'I' || tx_predicted_)) {
+    PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": node " << b->conn->node_name() << " "
+                                               << why << " during a transaction");
+    lost_in_transaction_ = b->conn->node_name();
+  } else if (b->forward_pending > 0) {
+    PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": node " << b->conn->node_name() << " "
+                                               << why << " while running a statement");
+  } else {
+    PGRELAY_LOG(kInfo, "session", "client " << peer_ << ": idle connection to node "
+                                            << b->conn->node_name() << " " << why);
+    b->pending.clear();
+    return;
+  }
+  // Answer what the client is waiting for, in a detached step (we are inside the reader).
+  asio::co_spawn(client_.get_executor(), AnswerLost(b), asio::detached);
+}
+
+awaitable<void> ClientSession::AnswerLost(Backend* b) {
+  ++readers_;
+  const std::string node = b->conn->node_name();
+  if (!lost_in_transaction_.empty()) {
+    reply_lost_.clear();
+    protocol::AppendError(&reply_lost_, "FATAL", sqlstate::kConnectionFailure,
+                          "pgrelay lost the connection to node " + node + " during a transaction",
+                          "The transaction was rolled back by the server; reconnect and retry it.");
+    std::vector<asio::const_buffer> out{asio::buffer(reply_lost_)};
+    co_await WriteToClient(out);
+    ending_ = true;
+    CloseAll();
+  } else {
+    // Every statement still waiting on that node gets an error and its ReadyForQuery; the
+    // session goes on with the next statement on a fresh connection.
+    reply_lost_.clear();
+    uint32_t n = b->forward_pending;
+    for (uint32_t i = 0; i < n; ++i) {
+      protocol::AppendError(&reply_lost_, "ERROR", sqlstate::kConnectionFailure,
+                            "pgrelay lost the connection to node " + node +
+                                " while running the statement",
+                            "The statement may or may not have run; check before retrying.");
+      protocol::AppendReadyForQuery(&reply_lost_, 'I');
+    }
+    worker_.in_flight[b->node] -= n;
+    b->forward_pending = 0;
+    b->pending.clear();
+    tx_status_ = 'I';
+    tx_predicted_ = false;
+    std::vector<asio::const_buffer> out{asio::buffer(reply_lost_)};
+    co_await WriteToClient(out);
+    if (current_ == b) current_ = nullptr;
+    switch_signal_.Notify();
+  }
+  --readers_;
+  readers_done_.Notify();
+}
+
+}  // namespace pgrelay::proxy

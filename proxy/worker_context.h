@@ -1,0 +1,25 @@
+// What the sessions of one worker share: buffer pool, classifier cache, router and per-node
+// in-flight counts. Owned by one worker thread; not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "config/config.h"
+#include "proxy/buffer_pool.h"
+#include "routing/classifier.h"
+#include "routing/router.h"
+
+namespace pgrelay::proxy {
+
+struct WorkerContext {
+  explicit WorkerContext(const config::Config& config);
+
+  BufferPool pool;
+  routing::Classifier classifier;
+  routing::Router router;
+  std::vector<uint32_t> in_flight;  // statements outstanding per node, from this worker
+  uint64_t pins = 0;                // sessions pinned to the primary (counted once each)
+};
+
+}  // namespace pgrelay::proxy
