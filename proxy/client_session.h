@@ -65,6 +65,7 @@ class ClientSession {
     std::vector<std::string> statements;  // named statements it uses (to re-prepare)
     std::vector<std::string> defined;     // named statements it parses
     std::vector<std::string> closed;      // named statements it closes
+    bool has_statement = false;  // a Parse, Bind or statement Describe: something to route by
     bool has_parse_unnamed = false;
     bool uses_unnamed_without_parse = false;
     bool group_pushed = false;
@@ -77,7 +78,8 @@ class ClientSession {
       statements.clear();
       defined.clear();
       closed.clear();
-      has_parse_unnamed = uses_unnamed_without_parse = group_pushed = failed = false;
+      has_statement = has_parse_unnamed = uses_unnamed_without_parse = group_pushed = failed =
+          false;
       sticky = nullptr;
     }
   };

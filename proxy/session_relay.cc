@@ -165,6 +165,7 @@ awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) 
       routing::Classification c = worker_.classifier.Classify(sql);
       routing::UnitTraits traits = TraitsOf(c);
       batch_.traits.Merge(traits);
+      batch_.has_statement = true;
       if (name.empty()) {
         batch_.has_parse_unnamed = true;
       } else {
@@ -240,6 +241,7 @@ awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) 
 }
 
 void ClientSession::NoteStatementUse(std::string_view name) {
+  batch_.has_statement = true;
   if (name.empty()) {
     if (!batch_.has_parse_unnamed) batch_.uses_unnamed_without_parse = true;
     return;
@@ -265,6 +267,8 @@ awaitable<void> ClientSession::SendBatch(bool final, bool forced) {
     if (batch_.uses_unnamed_without_parse && unnamed_home_ && unnamed_home_->alive &&
         (current_ == nullptr || current_->forward_pending == 0 || current_ == unnamed_home_)) {
       b = unnamed_home_;  // the unnamed statement lives there
+    } else if (!batch_.has_statement && current_ && current_->alive) {
+      b = current_;  // nothing to route by (a bare Sync, Describe of a portal): stay
     } else {
       b = co_await Choose(batch_.traits, /*respond_ready=*/final);
     }
@@ -349,6 +353,8 @@ awaitable<ClientSession::Backend*> ClientSession::OpenBackend(int node) {
     slot->conn->socket().close(ignored);
     while (slot->reader_running) co_await readers_done_.Wait();
   }
+  if (slot && current_ == slot.get()) current_ = nullptr;
+  if (slot && unnamed_home_ == slot.get()) unnamed_home_ = nullptr;
   auto topology = ctx_.monitor->Snapshot();
   const health::NodeStatus& status = topology->nodes[node];
   BackendLoginParams params = LoginParamsFor(status);
@@ -644,9 +650,10 @@ awaitable<void> ClientSession::AnswerLost(Backend* b) {
     b->pending.clear();
     tx_status_ = 'I';
     tx_predicted_ = false;
+    if (current_ == b) current_ = nullptr;
+    if (unnamed_home_ == b) unnamed_home_ = nullptr;
     std::vector<asio::const_buffer> out{asio::buffer(reply_lost_)};
     co_await WriteToClient(out);
-    if (current_ == b) current_ = nullptr;
     switch_signal_.Notify();
   }
   --readers_;
