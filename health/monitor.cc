@@ -164,7 +164,7 @@ void Monitor::Impl::Stop() {
 asio::awaitable<void> Monitor::Impl::Run() {
   Clock::time_point next = Clock::now();
   while (!stopping_) {
-    StartRound(next);
+    StartRound(Clock::now());  // the tick may fire late: deadlines count from now
     next += interval_;
     const Clock::time_point now = Clock::now();
     if (next <= now) next = now + interval_;  // fell behind (e.g. a stopped process): no burst
