@@ -354,6 +354,7 @@ awaitable<bool> ClientSession::ConnectFirstBackend() {
     }
     co_return false;
   }
+  ctx_.catalog->NoteDatabase(database_);  // only databases the primary let us into
   std::tie(pid_, key_) = ctx_.cancels->Register();
   ctx_.cancels->Update(pid_, CancelTarget{b->conn->host(), b->conn->port(), b->conn->pid(),
                                           b->conn->key()});

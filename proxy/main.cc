@@ -5,6 +5,7 @@
 
 #include "config/config_loader.h"
 #include "config/log.h"
+#include "health/catalog_refresher.h"
 #include "health/monitor.h"
 #include "proxy/server.h"
 
@@ -68,11 +69,14 @@ int main(int argc, char** argv) {
                          << pgrelay::config::ToString(result.config->strategy));
   pgrelay::health::Monitor monitor(result.config);
   monitor.Start();
+  pgrelay::health::CatalogRefresher catalog(result.config, &monitor);
+  catalog.Start();
   int rc = 0;
   {
-    pgrelay::proxy::Server server(result.config, &monitor);
+    pgrelay::proxy::Server server(result.config, &monitor, &catalog);
     rc = server.Run();
   }
+  catalog.Stop();
   monitor.Stop();
   return rc;
 }

@@ -48,6 +48,11 @@ struct Worker {
 };
 
 awaitable<void> RunSession(tcp::socket socket, ServerContext* context, Worker* worker) {
+  // Pick up a newer function catalog (a pointer compare; the load is rare).
+  auto catalog = context->catalog->Catalog();
+  if (catalog != worker->context.classifier.catalog()) {
+    worker->context.classifier.SetCatalog(std::move(catalog));
+  }
   ClientSession session(std::move(socket), *context, worker->context);
   worker->sessions.insert(&session);
   if (worker->shutting_down) session.Shutdown();
@@ -67,10 +72,11 @@ struct Server::Impl {
   asio::io_context main_io{1};
   std::vector<std::unique_ptr<Worker>> workers;
 
-  Impl(std::shared_ptr<const config::Config> c, health::Monitor* m)
+  Impl(std::shared_ptr<const config::Config> c, health::Monitor* m, health::CatalogRefresher* f)
       : config(std::move(c)), monitor(m), auth(*config) {
     context.config = config;
     context.monitor = monitor;
+    context.catalog = f;
     context.auth = &auth;
     context.cancels = &cancels;
   }
@@ -96,8 +102,9 @@ struct Server::Impl {
   }
 };
 
-Server::Server(std::shared_ptr<const config::Config> config, health::Monitor* monitor)
-    : impl_(std::make_unique<Impl>(std::move(config), monitor)) {}
+Server::Server(std::shared_ptr<const config::Config> config, health::Monitor* monitor,
+               health::CatalogRefresher* catalog)
+    : impl_(std::make_unique<Impl>(std::move(config), monitor, catalog)) {}
 
 Server::~Server() = default;
 

@@ -5,13 +5,15 @@
 #include <memory>
 
 #include "config/config.h"
+#include "health/catalog_refresher.h"
 #include "health/monitor.h"
 
 namespace pgrelay::proxy {
 
 class Server {
  public:
-  Server(std::shared_ptr<const config::Config> config, health::Monitor* monitor);
+  Server(std::shared_ptr<const config::Config> config, health::Monitor* monitor,
+         health::CatalogRefresher* catalog);
   ~Server();
   // Listens and serves until SIGINT or SIGTERM. Returns the process exit code.
   int Run();

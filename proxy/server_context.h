@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "config/config.h"
+#include "health/catalog_refresher.h"
 #include "health/monitor.h"
 #include "proxy/auth_directory.h"
 #include "proxy/cancel_registry.h"
@@ -16,6 +17,7 @@ namespace pgrelay::proxy {
 struct ServerContext {
   std::shared_ptr<const config::Config> config;
   const health::Monitor* monitor = nullptr;
+  health::CatalogRefresher* catalog = nullptr;  // function volatility for the classifiers
   const AuthDirectory* auth = nullptr;
   CancelRegistry* cancels = nullptr;
   std::atomic<int> client_connections{0};

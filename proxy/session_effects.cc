@@ -22,6 +22,7 @@ void ClientSession::NoteStatementEffects(std::string_view sql, const routing::Cl
                      c.txn_access == routing::TxnAccess::kReadOnly ? "on" : "off");
     if (!tx_predicted_) b->state_version = state_.settings_version();
   }
+  if (c.creates_or_changes_functions()) ctx_.catalog->Poke();
   if (!c.changes_session_state()) return;
   bool settings_changed = false;
   for (const routing::SessionItem& item : c.session_items()) {

@@ -16,8 +16,8 @@ enum class Target : uint8_t { kReplica, kPrimary };
 
 enum class TxnKind : uint8_t {
   kNone,
-  kBegin,  // BEGIN / START TRANSACTION
-  kCommit,  // COMMIT / END
+  kBegin,     // BEGIN / START TRANSACTION
+  kCommit,    // COMMIT / END
   kRollback,  // ROLLBACK / ABORT
   kSavepoint,
   kRelease,
@@ -25,7 +25,7 @@ enum class TxnKind : uint8_t {
   kPrepareTransaction,
   kCommitPrepared,
   kRollbackPrepared,
-  kSetTransaction,  // SET TRANSACTION ... (incl. SNAPSHOT)
+  kSetTransaction,             // SET TRANSACTION ... (incl. SNAPSHOT)
   kSetSessionCharacteristics,  // SET SESSION CHARACTERISTICS AS TRANSACTION ...
 };
 
@@ -45,48 +45,48 @@ enum class Hint : uint8_t { kNone, kPrimary, kReplica };
 // Bits of Classification::flags.
 enum class Flag : uint64_t {
   // Why the string goes to the primary.
-  kWrite = 1ull << 0,  // writes, locks, or cannot run on a standby; no hint overrides it
+  kWrite = 1ull << 0,             // writes, locks, or cannot run on a standby; no hint overrides it
   kVolatileFunction = 1ull << 1,  // calls a volatile function not known to be side-effect-free
-  kPrimaryFunction = 1ull << 2,  // calls a function of routing.primary_functions
-  kParseError = 1ull << 3,  // not valid PostgreSQL 15 SQL: the primary returns the real error
-  kExecute = 1ull << 4,  // EXECUTE: where the prepared statement runs is the router's to know
+  kPrimaryFunction = 1ull << 2,   // calls a function of routing.primary_functions
+  kParseError = 1ull << 3,        // not valid PostgreSQL 15 SQL: the primary returns the real error
+  kExecute = 1ull << 4,   // EXECUTE: where the prepared statement runs is the router's to know
   kTooDeep = 1ull << 39,  // nested too deeply to parse safely (see sql_scan.h); not analyzed
   // Shape.
-  kEmpty = 1ull << 5,  // no statement at all (blank, comments, semicolons)
+  kEmpty = 1ull << 5,           // no statement at all (blank, comments, semicolons)
   kMultiStatement = 1ull << 6,  // more than one statement: the flags are the union
   kHintFromComment = 1ull << 7,
   kHintFromRule = 1ull << 8,
   // Transaction control details.
-  kTxnChain = 1ull << 9,  // COMMIT/ROLLBACK AND CHAIN
+  kTxnChain = 1ull << 9,      // COMMIT/ROLLBACK AND CHAIN
   kTxnSnapshot = 1ull << 10,  // SET TRANSACTION SNAPSHOT
   // Session state: what the router must replay on other backends, or pin the session for.
-  kSetSession = 1ull << 11,  // SET name ... (session level; SessionItem has name and value)
-  kSetLocal = 1ull << 12,  // SET LOCAL name ...
-  kReset = 1ull << 13,  // RESET name / SET name TO DEFAULT
-  kResetAll = 1ull << 14,  // RESET ALL
+  kSetSession = 1ull << 11,        // SET name ... (session level; SessionItem has name and value)
+  kSetLocal = 1ull << 12,          // SET LOCAL name ...
+  kReset = 1ull << 13,             // RESET name / SET name TO DEFAULT
+  kResetAll = 1ull << 14,          // RESET ALL
   kSetConfigSession = 1ull << 15,  // set_config(name, value, false) (or is_local not a constant)
-  kSetConfigLocal = 1ull << 16,  // set_config(name, value, true)
-  kPrepare = 1ull << 17,  // PREPARE name AS ...
-  kDeallocate = 1ull << 18,  // DEALLOCATE name
-  kDeallocateAll = 1ull << 19,  // DEALLOCATE ALL
+  kSetConfigLocal = 1ull << 16,    // set_config(name, value, true)
+  kPrepare = 1ull << 17,           // PREPARE name AS ...
+  kDeallocate = 1ull << 18,        // DEALLOCATE name
+  kDeallocateAll = 1ull << 19,     // DEALLOCATE ALL
   kDiscardAll = 1ull << 20,
   kDiscardPlans = 1ull << 21,
   kDiscardSequences = 1ull << 22,
   kDiscardTemp = 1ull << 23,
   kListen = 1ull << 24,
-  kUnlisten = 1ull << 25,  // UNLISTEN name
-  kUnlistenAll = 1ull << 26,  // UNLISTEN *
-  kNotify = 1ull << 27,  // NOTIFY or pg_notify()
-  kDeclareCursor = 1ull << 28,  // DECLARE name CURSOR WITHOUT HOLD
+  kUnlisten = 1ull << 25,               // UNLISTEN name
+  kUnlistenAll = 1ull << 26,            // UNLISTEN *
+  kNotify = 1ull << 27,                 // NOTIFY or pg_notify()
+  kDeclareCursor = 1ull << 28,          // DECLARE name CURSOR WITHOUT HOLD
   kDeclareCursorWithHold = 1ull << 29,  // DECLARE name CURSOR WITH HOLD (outlives its transaction)
-  kFetchCursor = 1ull << 30,  // FETCH / MOVE: runs where the cursor is
-  kCloseCursor = 1ull << 31,  // CLOSE name
-  kCloseAllCursors = 1ull << 32,  // CLOSE ALL
-  kCreateTemp = 1ull << 33,  // creates a TEMP/TEMPORARY table, view or sequence
+  kFetchCursor = 1ull << 30,            // FETCH / MOVE: runs where the cursor is
+  kCloseCursor = 1ull << 31,            // CLOSE name
+  kCloseAllCursors = 1ull << 32,        // CLOSE ALL
+  kCreateTemp = 1ull << 33,             // creates a TEMP/TEMPORARY table, view or sequence
   kTempReference = 1ull << 34,  // names an object in pg_temp (temp objects live on the primary)
-  kLoad = 1ull << 35,  // LOAD 'library'
+  kLoad = 1ull << 35,           // LOAD 'library'
   kSessionAdvisoryLock = 1ull << 36,  // pg_advisory_lock family (held until unlock/disconnect)
-  kXactAdvisoryLock = 1ull << 37,  // pg_advisory_xact_lock family (held until transaction end)
+  kXactAdvisoryLock = 1ull << 37,     // pg_advisory_xact_lock family (held until transaction end)
   kFunctionsChanged = 1ull << 38,  // may create/alter/drop functions or operators: refresh catalog
 };
 
@@ -149,16 +149,15 @@ struct Classification {
       Flag::kDiscardTemp | Flag::kListen | Flag::kUnlisten | Flag::kUnlistenAll | Flag::kNotify |
       Flag::kDeclareCursor | Flag::kDeclareCursorWithHold | Flag::kCloseCursor |
       Flag::kCloseAllCursors | Flag::kCreateTemp | Flag::kTempReference | Flag::kLoad |
-      Flag::kSessionAdvisoryLock | Flag::kXactAdvisoryLock | Flag::kExecute |
-      Flag::kFetchCursor;
+      Flag::kSessionAdvisoryLock | Flag::kXactAdvisoryLock | Flag::kExecute | Flag::kFetchCursor;
 };
 
-std::string_view ToString(Target t);  // "replica" | "primary"
-std::string_view ToString(TxnKind k);  // "none", "begin", "commit", ...
-std::string_view ToString(TxnAccess a);  // "default" | "read_only" | "read_write"
-std::string_view ToString(Isolation i);  // "default", "read_committed", ...
+std::string_view ToString(Target t);      // "replica" | "primary"
+std::string_view ToString(TxnKind k);     // "none", "begin", "commit", ...
+std::string_view ToString(TxnAccess a);   // "default" | "read_only" | "read_write"
+std::string_view ToString(Isolation i);   // "default", "read_committed", ...
 std::string_view ToString(Deferrable d);  // "default" | "deferrable" | "not_deferrable"
-std::string_view ToString(Hint h);  // "none" | "primary" | "replica"
+std::string_view ToString(Hint h);        // "none" | "primary" | "replica"
 std::string_view ToString(Flag f);  // "write", "volatile_function", ... (snake_case of the name)
 // The set flags, space-separated, in bit order ("write set_session").
 std::string FlagsToString(uint64_t flags);

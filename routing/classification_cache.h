@@ -58,9 +58,9 @@ class ClassificationCache {
   using Index = std::unordered_map<std::string_view, uint32_t>;
   Index index_;
   std::vector<Index::node_type> spare_nodes_;  // hash nodes of evicted entries, for reuse
-  uint32_t head_ = kNone;  // most recently used
-  uint32_t tail_ = kNone;  // least recently used
-  uint32_t free_ = kNone;  // evicted entries, linked through `next`
+  uint32_t head_ = kNone;                      // most recently used
+  uint32_t tail_ = kNone;                      // least recently used
+  uint32_t free_ = kNone;                      // evicted entries, linked through `next`
   size_t bytes_ = 0;
   uint64_t evictions_ = 0;
 };

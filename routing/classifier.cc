@@ -2,10 +2,9 @@
 
 #include <pg_query.h>
 
+#include <algorithm>
 #include <boost/json.hpp>
 #include <boost/regex.hpp>
-
-#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <stdexcept>
@@ -22,9 +21,9 @@ namespace {
 constexpr uint64_t F(Flag f) { return static_cast<uint64_t>(f); }
 
 // Flags that send a string to the primary, and those of them that no replica hint overrides.
-constexpr uint64_t kPrimaryMask = Flag::kWrite | Flag::kVolatileFunction |
-                                  Flag::kPrimaryFunction | Flag::kParseError | Flag::kExecute |
-                                  Flag::kTooDeep | Flag::kTempReference | Flag::kSetConfigSession;
+constexpr uint64_t kPrimaryMask = Flag::kWrite | Flag::kVolatileFunction | Flag::kPrimaryFunction |
+                                  Flag::kParseError | Flag::kExecute | Flag::kTooDeep |
+                                  Flag::kTempReference | Flag::kSetConfigSession;
 constexpr uint64_t kHardPrimaryMask =
     Flag::kWrite | Flag::kPrimaryFunction | Flag::kTempReference | Flag::kSetConfigSession;
 // What a statement that does not run its expressions now (CREATE VIEW, EXPLAIN, PREPARE, ...)
@@ -32,7 +31,7 @@ constexpr uint64_t kHardPrimaryMask =
 constexpr uint64_t kNotExecutedMask =
     Flag::kWrite | Flag::kCreateTemp | Flag::kTempReference | Flag::kFunctionsChanged;
 
-constexpr int kCursorOptHold = 0x0020;  // CURSOR_OPT_HOLD in PostgreSQL's parsenodes.h
+constexpr int kCursorOptHold = 0x0020;    // CURSOR_OPT_HOLD in PostgreSQL's parsenodes.h
 constexpr size_t kMaxJsonDepth = 100000;  // the walk is iterative; this only bounds the parser
 
 // ---------------------------------------------------------------------------------------------
@@ -226,9 +225,9 @@ bool OneOf(std::string_view s, std::initializer_list<std::string_view> values) {
 
 // Object types whose DDL may create, alter or drop functions or operators.
 bool ChangesFunctions(std::string_view object_type) {
-  return OneOf(object_type, {"OBJECT_FUNCTION", "OBJECT_PROCEDURE", "OBJECT_ROUTINE",
-                             "OBJECT_AGGREGATE", "OBJECT_OPERATOR", "OBJECT_EXTENSION",
-                             "OBJECT_SCHEMA"});
+  return OneOf(object_type,
+               {"OBJECT_FUNCTION", "OBJECT_PROCEDURE", "OBJECT_ROUTINE", "OBJECT_AGGREGATE",
+                "OBJECT_OPERATOR", "OBJECT_EXTENSION", "OBJECT_SCHEMA"});
 }
 
 enum class NodeKind : uint8_t {
@@ -345,12 +344,13 @@ class Analyzer {
   void RawStatement(const json::object& raw) {
     ++statements_;
     const json::value* stmt = raw.if_contains("stmt");
-    const size_t location = static_cast<size_t>(std::max<int64_t>(0, IntField(raw, "stmt_location")));
+    const size_t location =
+        static_cast<size_t>(std::max<int64_t>(0, IntField(raw, "stmt_location")));
     const size_t length = static_cast<size_t>(std::max<int64_t>(0, IntField(raw, "stmt_len")));
     const std::string_view text =
-        location <= sql_.size() ? sql_.substr(location, length == 0 ? std::string_view::npos
-                                                                    : length)
-                                : std::string_view();
+        location <= sql_.size()
+            ? sql_.substr(location, length == 0 ? std::string_view::npos : length)
+            : std::string_view();
     std::string_view type;
     const json::object* body;
     if (stmt == nullptr || !Unwrap(*stmt, &type, &body)) {
@@ -640,8 +640,8 @@ class Analyzer {
 
   void AddItem(Flag kind, std::string_view name, std::string_view value, std::string_view text,
                Target target = Target::kReplica) {
-    items_.push_back(SessionItem{kind, std::string(name), std::string(value), std::string(text),
-                                 target});
+    items_.push_back(
+        SessionItem{kind, std::string(name), std::string(value), std::string(text), target});
   }
 
   // --- The generic walk: every node of a statement's tree, iteratively. ---------------------
@@ -701,8 +701,7 @@ class Analyzer {
           }
           break;
         case 's':
-          if (key == "schemaname" && value.is_string() &&
-              IsTempSchema(View(value.get_string()))) {
+          if (key == "schemaname" && value.is_string() && IsTempSchema(View(value.get_string()))) {
             *flags |= F(Flag::kTempReference);
           }
           break;
@@ -771,8 +770,8 @@ class Analyzer {
     switch (info.role) {
       case FunctionRole::kSetConfig: {
         // set_config(name, value, is_local): is_local true is SET LOCAL, anything else SET.
-        const bool local = args != nullptr && args->size() == 3 &&
-                           BoolArgument((*args)[2]).value_or(false);
+        const bool local =
+            args != nullptr && args->size() == 3 && BoolArgument((*args)[2]).value_or(false);
         std::string_view setting;
         std::string value;
         if (args != nullptr && args->size() >= 2) {
@@ -881,8 +880,7 @@ class Classifier::Rules {
     for (const config::RoutingRule& rule : rules) {
       try {
         rules_.push_back({boost::regex(rule.match, boost::regex::perl | boost::regex::optimize),
-                          rule.route == config::Route::kPrimary ? Hint::kPrimary
-                                                                : Hint::kReplica});
+                          rule.route == config::Route::kPrimary ? Hint::kPrimary : Hint::kReplica});
       } catch (const std::exception& e) {
         throw std::invalid_argument("routing rule '" + rule.match + "': " + e.what());
       }

@@ -17,8 +17,8 @@
 namespace pgrelay::routing {
 
 struct ClassifierOptions {
-  size_t cache_size = 10000;  // entries; 0 = no cache
-  size_t cache_max_bytes = 16u << 20;  // sum of cached texts
+  size_t cache_size = 10000;                // entries; 0 = no cache
+  size_t cache_max_bytes = 16u << 20;       // sum of cached texts
   size_t cache_max_text_bytes = 64u << 10;  // longer texts are classified every time
   bool precheck = true;  // classify the simplest statements without the parser (sql_scan.h)
   std::vector<config::RoutingRule> rules;  // ordered; the first match sets the hint
@@ -30,9 +30,9 @@ class Classifier {
  public:
   struct Stats {
     uint64_t hits = 0;
-    uint64_t misses = 0;  // every classification that was not a cache hit
+    uint64_t misses = 0;      // every classification that was not a cache hit
     uint64_t prechecked = 0;  // misses answered by the pre-check
-    uint64_t parsed = 0;  // misses that ran the parser
+    uint64_t parsed = 0;      // misses that ran the parser
     uint64_t parse_errors = 0;
     uint64_t rule_errors = 0;  // rules that gave up on a text (too complex to match)
   };

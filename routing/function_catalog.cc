@@ -138,8 +138,8 @@ std::shared_ptr<const FunctionCatalog> FunctionCatalog::Create(
       } else if (!qualified.contains(name)) {
         functions.try_emplace(name, info);
         auto [it, inserted] = functions.try_emplace(name.substr(dot + 1), info);
-        if (!inserted) it->second.function_class = std::max(it->second.function_class,
-                                                             function_class);
+        if (!inserted)
+          it->second.function_class = std::max(it->second.function_class, function_class);
       }
     }
   };
@@ -209,8 +209,7 @@ const FunctionInfo* FunctionCatalog::Find(const Map& map, std::string_view schem
   return it == map.end() ? nullptr : &it->second;
 }
 
-FunctionInfo FunctionCatalog::LookupFunction(std::string_view schema,
-                                             std::string_view name) const {
+FunctionInfo FunctionCatalog::LookupFunction(std::string_view schema, std::string_view name) const {
   const FunctionInfo* info = Find(functions_, schema, name);
   return info != nullptr ? *info : FunctionInfo{};
 }

@@ -29,18 +29,18 @@ struct FunctionEntry {
 
 // What calling a function means for routing. Ordered: the higher class wins.
 enum class FunctionClass : uint8_t {
-  kSafe,  // immutable, stable, or a volatile function on the side-effect-free list
+  kSafe,      // immutable, stable, or a volatile function on the side-effect-free list
   kVolatile,  // volatile (or unknown): may write, so the statement goes to the primary
-  kPrimary,  // on the primary-functions list: always the primary, whatever the hints say
+  kPrimary,   // on the primary-functions list: always the primary, whatever the hints say
 };
 
 // Built-in functions the classifier knows more about than their volatility.
 enum class FunctionRole : uint8_t {
   kNone,
-  kSetConfig,  // set_config(name, value, is_local)
+  kSetConfig,            // set_config(name, value, is_local)
   kSessionAdvisoryLock,  // pg_advisory_lock / _shared / try_ / unlock / unlock_all
-  kXactAdvisoryLock,  // pg_advisory_xact_lock / _shared / try_
-  kNotify,  // pg_notify
+  kXactAdvisoryLock,     // pg_advisory_xact_lock / _shared / try_
+  kNotify,               // pg_notify
 };
 
 struct FunctionInfo {

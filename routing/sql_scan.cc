@@ -13,13 +13,13 @@ namespace {
 
 enum class Tok : uint8_t {
   kEnd,
-  kIdent,  // unquoted identifier or keyword
+  kIdent,        // unquoted identifier or keyword
   kQuotedIdent,  // "..." or U&"..."
   kNumber,
-  kString,  // '...', E'...', B'...', X'...', N'...', U&'...', $tag$...$tag$
-  kParam,  // $1
-  kOperator,  // + - * / < > = ~ ! @ # % ^ & | ` ? and runs of them, and ::
-  kOpenParen,  // ( or [
+  kString,      // '...', E'...', B'...', X'...', N'...', U&'...', $tag$...$tag$
+  kParam,       // $1
+  kOperator,    // + - * / < > = ~ ! @ # % ^ & | ` ? and runs of them, and ::
+  kOpenParen,   // ( or [
   kCloseParen,  // ) or ]
   kComma,
   kSemicolon,
@@ -37,7 +37,7 @@ struct Token {
 enum CharClass : uint8_t {
   kSpace = 1,
   kIdentStart = 2,  // letters, _, and bytes >= 0x80 (UTF-8)
-  kIdentChar = 4,  // kIdentStart, digits and $
+  kIdentChar = 4,   // kIdentStart, digits and $
   kDigit = 8,
   kOperatorChar = 16,  // + - * / < > = ~ ! @ # % ^ & | ` ?
 };
@@ -174,8 +174,8 @@ class Lexer {
     if (IsOperatorChar(c)) {
       // A run of operator characters, ending before a comment start.
       while (pos_ < sql_.size() && IsOperatorChar(sql_[pos_])) {
-        if (pos_ > start && ((sql_[pos_] == '-' && Peek(1) == '-') ||
-                             (sql_[pos_] == '/' && Peek(1) == '*'))) {
+        if (pos_ > start &&
+            ((sql_[pos_] == '-' && Peek(1) == '-') || (sql_[pos_] == '/' && Peek(1) == '*'))) {
           break;
         }
         ++pos_;
@@ -187,9 +187,7 @@ class Lexer {
   }
 
  private:
-  char Peek(size_t ahead) const {
-    return pos_ + ahead < sql_.size() ? sql_[pos_ + ahead] : '\0';
-  }
+  char Peek(size_t ahead) const { return pos_ + ahead < sql_.size() ? sql_[pos_ + ahead] : '\0'; }
   Token Make(Tok kind, size_t start) const { return {kind, sql_.substr(start, pos_ - start)}; }
 
   void SkipSpaceAndComments() {
@@ -511,7 +509,7 @@ bool PrecheckSimple(std::string_view sql, bool simple_operators_safe, Classifica
 
 size_t EstimateParseDepth(std::string_view sql) {
   struct Level {
-    size_t ops = 0;  // operators and keywords since the last comma
+    size_t ops = 0;    // operators and keywords since the last comma
     size_t chain = 0;  // UNION / INTERSECT / EXCEPT / JOIN: trees that commas do not end
   };
   std::vector<Level> levels(1);

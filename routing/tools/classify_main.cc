@@ -7,12 +7,11 @@
 //             without it only the built-in catalog is used
 // --whole     classify all of stdin as one string (default: each non-empty line is one string)
 // Output lines: {"sql": "...", "classification": {...}}. Exit status 2 if the catalog load fails.
+#include <boost/json.hpp>
 #include <iostream>
 #include <iterator>
 #include <string>
 #include <string_view>
-
-#include <boost/json.hpp>
 
 #include "config/config.h"
 #include "health/function_catalog_loader.h"

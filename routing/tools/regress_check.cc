@@ -15,6 +15,7 @@
 #include <pg_query.h>
 
 #include <algorithm>
+#include <boost/json.hpp>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -25,8 +26,6 @@
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <boost/json.hpp>
 
 #include "config/config.h"
 #include "routing/classifier.h"
@@ -82,8 +81,8 @@ std::string StripPsql(const std::string& text) {
       out += "\n";
       continue;
     }
-    for (std::string_view meta : {" \\gset", " \\gexec", " \\gdesc", " \\gx", " \\g", " \\crosstabview",
-                                  "\\gset", "\\gexec"}) {
+    for (std::string_view meta : {" \\gset", " \\gexec", " \\gdesc", " \\gx", " \\g",
+                                  " \\crosstabview", "\\gset", "\\gexec"}) {
       const size_t pos = line.rfind(meta);
       if (pos != std::string::npos && line.find('\'', pos) == std::string::npos) {
         line = line.substr(0, pos) + ";";
@@ -108,8 +107,8 @@ std::vector<std::string> Split(const std::string& text) {
   if (result.error == nullptr) {
     for (int i = 0; i < result.n_stmts; ++i) {
       const PgQuerySplitStmt* s = result.stmts[i];
-      out.push_back(text.substr(static_cast<size_t>(s->stmt_location),
-                                static_cast<size_t>(s->stmt_len)));
+      out.push_back(
+          text.substr(static_cast<size_t>(s->stmt_location), static_cast<size_t>(s->stmt_len)));
     }
   }
   pg_query_free_split_result(result);
@@ -159,9 +158,9 @@ const std::set<std::string, std::less<>> kWriterFunctions = {
 
 // Statement kinds that cannot write by themselves.
 const std::set<std::string, std::less<>> kReadKinds = {
-    "SelectStmt",      "VariableShowStmt", "VariableSetStmt", "DeallocateStmt",
-    "DiscardStmt",     "ClosePortalStmt",  "FetchStmt",       "LoadStmt",
-    "DeclareCursorStmt", "PrepareStmt",    "ExecuteStmt",     "UnlistenStmt",
+    "SelectStmt",        "VariableShowStmt", "VariableSetStmt", "DeallocateStmt",
+    "DiscardStmt",       "ClosePortalStmt",  "FetchStmt",       "LoadStmt",
+    "DeclareCursorStmt", "PrepareStmt",      "ExecuteStmt",     "UnlistenStmt",
 };
 
 struct Oracle {
@@ -383,9 +382,9 @@ int main(int argc, char** argv) {
       } else if (c.target == Target::kPrimary) {
         ++conservative;
         std::string reason = pgrelay::routing::FlagsToString(
-            c.flags & (Flag::kWrite | Flag::kVolatileFunction | Flag::kPrimaryFunction |
-                       Flag::kExecute | Flag::kTempReference | Flag::kSetConfigSession |
-                       Flag::kTooDeep));
+            c.flags &
+            (Flag::kWrite | Flag::kVolatileFunction | Flag::kPrimaryFunction | Flag::kExecute |
+             Flag::kTempReference | Flag::kSetConfigSession | Flag::kTooDeep));
         ++conservative_reasons[reason];
         if (static_cast<int>(conservative_examples.size()) < show_conservative) {
           conservative_examples.push_back("[" + reason + "] " + OneLine(sql));

@@ -161,21 +161,52 @@ TEST(ClassifierPrecheckTest, AgreesWithTheParser) {
   std::vector<std::string> statements;
   for (const CorpusEntry& e : Corpus()) statements.push_back(e.sql);
   // Shapes around the pre-check's grammar, accepted or not.
-  for (const char* s : {
-           "SELECT 1", "select 1;", "SELECT * FROM t", "SELECT a, b FROM t WHERE c = 1",
-           "SELECT a FROM t WHERE b <> 'x' AND c >= $1 ORDER BY a DESC, b LIMIT 5 OFFSET 10",
-           "SELECT a FROM t WHERE b != 2", "SELECT * FROM select", "SELECT * FROM t WHERE order = 1",
-           "SELECT a FROM t FOR UPDATE", "SELECT a FROM t WHERE b = 1 FOR SHARE",
-           "SELECT nextval FROM t", "SELECT a FROM t WHERE b = 'it''s'", "SELECT a FROM t.x",
-           "SELECT 'a\\b'", "SELECT E'a'", "SELECT a FROM t WHERE b = -1", "BEGIN", "begin work;",
-           "START TRANSACTION", "START", "COMMIT", "END TRANSACTION", "ROLLBACK", "ABORT WORK",
-           "ROLLBACK TO s", "COMMIT AND CHAIN", "BEGIN READ WRITE", "SELECT 1 /* c */",
-           "SELECT /* pgrelay:primary */ 1", "SELECT 1 -- x", "SELECT a FROM t LIMIT ALL",
-           "SELECT current_user", "SELECT all", "SELECT 1e5", "SELECT 123abc",
-           "SELECT a FROM t WHERE b = 1 AND", "SELECT a FROM \"T\"", "SELECT 1; SELECT 2",
-           "SELECT a FROM t WHERE b = 1 OR c = 2", "SELECT a FROM t ORDER BY a USING <",
-           "SELECT café FROM t", "SELECT a$b FROM t", "SELECT * FROM t WHERE a = $1::int",
-           "SELECT x FROM y WHERE z = 'pgrelay:replica'", "SELECT 1.5, .5, 5."}) {
+  for (const char* s :
+       {"SELECT 1",
+        "select 1;",
+        "SELECT * FROM t",
+        "SELECT a, b FROM t WHERE c = 1",
+        "SELECT a FROM t WHERE b <> 'x' AND c >= $1 ORDER BY a DESC, b LIMIT 5 OFFSET 10",
+        "SELECT a FROM t WHERE b != 2",
+        "SELECT * FROM select",
+        "SELECT * FROM t WHERE order = 1",
+        "SELECT a FROM t FOR UPDATE",
+        "SELECT a FROM t WHERE b = 1 FOR SHARE",
+        "SELECT nextval FROM t",
+        "SELECT a FROM t WHERE b = 'it''s'",
+        "SELECT a FROM t.x",
+        "SELECT 'a\\b'",
+        "SELECT E'a'",
+        "SELECT a FROM t WHERE b = -1",
+        "BEGIN",
+        "begin work;",
+        "START TRANSACTION",
+        "START",
+        "COMMIT",
+        "END TRANSACTION",
+        "ROLLBACK",
+        "ABORT WORK",
+        "ROLLBACK TO s",
+        "COMMIT AND CHAIN",
+        "BEGIN READ WRITE",
+        "SELECT 1 /* c */",
+        "SELECT /* pgrelay:primary */ 1",
+        "SELECT 1 -- x",
+        "SELECT a FROM t LIMIT ALL",
+        "SELECT current_user",
+        "SELECT all",
+        "SELECT 1e5",
+        "SELECT 123abc",
+        "SELECT a FROM t WHERE b = 1 AND",
+        "SELECT a FROM \"T\"",
+        "SELECT 1; SELECT 2",
+        "SELECT a FROM t WHERE b = 1 OR c = 2",
+        "SELECT a FROM t ORDER BY a USING <",
+        "SELECT café FROM t",
+        "SELECT a$b FROM t",
+        "SELECT * FROM t WHERE a = $1::int",
+        "SELECT x FROM y WHERE z = 'pgrelay:replica'",
+        "SELECT 1.5, .5, 5."}) {
     statements.push_back(s);
   }
   int accepted = 0;
@@ -202,8 +233,8 @@ TEST(ClassifierPrecheckTest, RejectsWhatItCannotProve) {
   for (const char* s :
        {"SELECT a FROM t FOR UPDATE", "SELECT nextval('s')", "SELECT f()", "SELECT a FROM t.x",
         "SELECT t.f FROM t", "SELECT * FROM select", "SELECT a FROM t WHERE b = E'x'",
-        "SELECT a FROM t WHERE b = 'a\\b'", "SELECT 1; SELECT 2", "BEGIN READ WRITE",
-        "START", "ROLLBACK TO s", "INSERT INTO t VALUES (1)", "SELECT * INTO x FROM t",
+        "SELECT a FROM t WHERE b = 'a\\b'", "SELECT 1; SELECT 2", "BEGIN READ WRITE", "START",
+        "ROLLBACK TO s", "INSERT INTO t VALUES (1)", "SELECT * INTO x FROM t",
         "SELECT a FROM t WHERE b = -1", "SELECT a FROM pg_temp.t", "SELECT $$x$$"}) {
     Classification c;
     EXPECT_FALSE(PrecheckSimple(s, catalog->simple_operators_safe(), &c)) << s;
@@ -478,10 +509,8 @@ TEST(FunctionCatalogTest, BuiltinsListsAndUserFunctions) {
   EXPECT_EQ(builtin->LookupFunction("", "now").function_class, FunctionClass::kSafe);
   EXPECT_EQ(builtin->LookupFunction("", "random").function_class, FunctionClass::kSafe);
   EXPECT_EQ(builtin->LookupFunction("", "nextval").function_class, FunctionClass::kPrimary);
-  EXPECT_EQ(builtin->LookupFunction("", "txid_current").function_class,
-            FunctionClass::kPrimary);
-  EXPECT_EQ(builtin->LookupFunction("", "pg_reload_conf").function_class,
-            FunctionClass::kVolatile);
+  EXPECT_EQ(builtin->LookupFunction("", "txid_current").function_class, FunctionClass::kPrimary);
+  EXPECT_EQ(builtin->LookupFunction("", "pg_reload_conf").function_class, FunctionClass::kVolatile);
   EXPECT_EQ(builtin->LookupFunction("", "no_such_function").function_class,
             FunctionClass::kVolatile);
   EXPECT_EQ(builtin->LookupFunction("app", "lower").function_class, FunctionClass::kVolatile);
@@ -511,16 +540,13 @@ TEST(FunctionCatalogTest, BuiltinsListsAndUserFunctions) {
   const auto catalog = FunctionCatalog::Create(user, lists);
   EXPECT_EQ(catalog->user_entry_count(), 5u);
   EXPECT_EQ(catalog->LookupFunction("", "random").function_class, FunctionClass::kVolatile);
-  EXPECT_EQ(catalog->LookupFunction("pg_catalog", "random").function_class,
-            FunctionClass::kSafe);
+  EXPECT_EQ(catalog->LookupFunction("pg_catalog", "random").function_class, FunctionClass::kSafe);
   EXPECT_EQ(catalog->LookupFunction("", "lower").function_class, FunctionClass::kVolatile);
   EXPECT_EQ(catalog->LookupFunction("app", "report").function_class, FunctionClass::kVolatile);
   EXPECT_EQ(catalog->LookupFunction("app", "pure").function_class, FunctionClass::kPrimary);
   EXPECT_EQ(catalog->LookupFunction("", "pure").function_class, FunctionClass::kPrimary);
-  EXPECT_EQ(catalog->LookupFunction("app", "cache_lookup").function_class,
-            FunctionClass::kSafe);
-  EXPECT_EQ(catalog->LookupFunction("", "legacy_writer").function_class,
-            FunctionClass::kPrimary);
+  EXPECT_EQ(catalog->LookupFunction("app", "cache_lookup").function_class, FunctionClass::kSafe);
+  EXPECT_EQ(catalog->LookupFunction("", "legacy_writer").function_class, FunctionClass::kPrimary);
   // Long qualified names do not overflow the lookup buffer.
   EXPECT_EQ(catalog->LookupFunction(std::string(300, 's'), std::string(300, 'f')).function_class,
             FunctionClass::kVolatile);
@@ -548,8 +574,7 @@ TEST(SqlScanTest, CommentHints) {
   EXPECT_EQ(FindCommentHint("SELECT U&\"/* pgrelay:primary */\""), Hint::kNone);
   EXPECT_EQ(FindCommentHint("SELECT 1 /* pgrelay:replicas */"), Hint::kNone);
   EXPECT_EQ(FindCommentHint("SELECT 1 /* xpgrelay:replica */"), Hint::kNone);
-  EXPECT_EQ(FindCommentHint("SELECT 1 /* pgrelay:Replica */ -- pgrelay:primary"),
-            Hint::kPrimary);
+  EXPECT_EQ(FindCommentHint("SELECT 1 /* pgrelay:Replica */ -- pgrelay:primary"), Hint::kPrimary);
 }
 
 TEST(SqlScanTest, ParseDepthEstimate) {

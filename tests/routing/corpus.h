@@ -12,7 +12,7 @@ namespace pgrelay::routing::testing {
 
 struct CorpusEntry {
   int line = 0;
-  std::string route;  // "read" | "write"
+  std::string route;   // "read" | "write"
   std::string checks;  // "-" or space-separated checks
   std::string sql;
 };

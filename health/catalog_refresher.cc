@@ -1,0 +1,114 @@
+#include "health/catalog_refresher.h"
+
+#include "config/log.h"
+#include "health/function_catalog_loader.h"
+
+namespace pgrelay::health {
+
+namespace {
+
+constexpr auto kRefreshInterval = std::chrono::seconds(30);
+constexpr auto kRetryInterval = std::chrono::seconds(2);
+
+routing::FunctionLists ListsOf(const config::Config& config) {
+  return routing::FunctionLists{config.routing.side_effect_free_functions,
+                                config.routing.primary_functions};
+}
+
+// libpq conninfo value quoting: single quotes, backslash-escaped.
+std::string Quote(const std::string& v) {
+  std::string q = "'";
+  for (char c : v) {
+    if (c == '\'' || c == '\\') q += '\\';
+    q += c;
+  }
+  return q + "'";
+}
+
+}  // namespace
+
+CatalogRefresher::CatalogRefresher(std::shared_ptr<const config::Config> config,
+                                   const Monitor* monitor)
+    : config_(std::move(config)), monitor_(monitor) {
+  catalog_.store(routing::FunctionCatalog::Builtin(ListsOf(*config_)));
+}
+
+CatalogRefresher::~CatalogRefresher() { Stop(); }
+
+void CatalogRefresher::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void CatalogRefresher::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void CatalogRefresher::NoteDatabase(const std::string& database) {
+  {
+    std::lock_guard lock(mu_);
+    if (!databases_.insert(database).second) return;
+    poked_ = true;
+  }
+  cv_.notify_all();
+}
+
+void CatalogRefresher::Poke() {
+  {
+    std::lock_guard lock(mu_);
+    poked_ = true;
+  }
+  cv_.notify_all();
+}
+
+bool CatalogRefresher::LoadOnce() {
+  auto topology = monitor_->Snapshot();
+  const NodeStatus* primary = topology->Primary();
+  if (primary == nullptr) return false;
+  const auto creds = config_->MonitorCredentials();
+  std::set<std::string> databases;
+  {
+    std::lock_guard lock(mu_);
+    databases = databases_;
+  }
+  databases.insert(config_->health.database);
+  FunctionCatalogLoad load;
+  for (const std::string& database : databases) {
+    const std::string conninfo =
+        "host=" + Quote(primary->host) + " port=" + std::to_string(primary->port) +
+        " user=" + Quote(creds.user) + " password=" + Quote(creds.password) +
+        " dbname=" + Quote(database) + " application_name='pgrelay-catalog'";
+    FunctionCatalogLoad one = LoadFunctionEntries(conninfo, config_->health.timeout);
+    if (!one.ok()) {
+      // That database keeps what the built-ins say (unknown functions count as volatile).
+      PGRELAY_LOG(kWarning, "catalog", "could not load function volatility of database "
+                                           << database << " from " << primary->name << ": "
+                                           << one.error);
+      continue;
+    }
+    load.entries.insert(load.entries.end(), one.entries.begin(), one.entries.end());
+  }
+  catalog_.store(MakeFunctionCatalog(load, ListsOf(*config_)), std::memory_order_release);
+  PGRELAY_LOG(kDebug, "catalog", "loaded " << load.entries.size() << " user functions from "
+                                           << primary->name);
+  return true;
+}
+
+void CatalogRefresher::Loop() {
+  std::unique_lock lock(mu_);
+  while (!stop_) {
+    poked_ = false;
+    lock.unlock();
+    bool ok = LoadOnce();
+    lock.lock();
+    cv_.wait_for(lock, ok ? std::chrono::duration_cast<std::chrono::milliseconds>(kRefreshInterval)
+                          : std::chrono::duration_cast<std::chrono::milliseconds>(kRetryInterval),
+                 [this] { return stop_ || poked_; });
+  }
+}
+
+}  // namespace pgrelay::health
