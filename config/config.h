@@ -88,7 +88,9 @@ struct RoutingConfig {
   // Read routing (follower and the consistency strategies).
   LoadBalance load_balance = LoadBalance::kRoundRobin;
   uint64_t max_lag_bytes = 16u << 20;        // replicas further behind get no reads; 0 = no bound
-  std::chrono::milliseconds max_lag{10000};  // the same in time; 0 = no bound
+  // The same in time; 0 = no bound (the default: replay-time lag is an estimate that reads
+  // high after idle periods, so the byte bound is the reliable one).
+  std::chrono::milliseconds max_lag{0};
   bool fallback_to_primary = true;           // no eligible replica: read on the primary
 };
 
@@ -102,6 +104,9 @@ struct Config {
   Strategy strategy = Strategy::kLeader;
   RoutingConfig routing;
   Endpoint admin_listen{"127.0.0.1", 9187};
+  // Bearer token the admin endpoints that change state require (admin.token / admin.token_env);
+  // empty = none, allowed only with a loopback admin_listen. Never log it.
+  std::string admin_token;
   Limits limits;
   HealthConfig health;
   LogLevel log_level = LogLevel::kInfo;

@@ -1,5 +1,6 @@
 #include "config/config_loader.h"
 
+#include <arpa/inet.h>
 #include <yaml-cpp/yaml.h>
 
 #include <boost/regex.hpp>
@@ -9,6 +10,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <initializer_list>
@@ -156,6 +158,16 @@ std::optional<Endpoint> ParseEndpoint(std::string_view text) {
   return Endpoint{std::string(host), static_cast<uint16_t>(*number)};
 }
 
+// A loopback IP address (127.0.0.0/8, ::1) or "localhost"; no name resolution.
+bool IsLoopbackHost(const std::string& host) {
+  if (host == "localhost") return true;
+  unsigned char address[16];
+  if (inet_pton(AF_INET, host.c_str(), address) == 1) return address[0] == 127;
+  static constexpr unsigned char kV6Loopback[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+  return inet_pton(AF_INET6, host.c_str(), address) == 1 &&
+         std::memcmp(address, kV6Loopback, sizeof kV6Loopback) == 0;
+}
+
 template <typename T, typename U>
 void Set(const std::optional<U>& value, T* out) {
   if (value) *out = static_cast<T>(*value);
@@ -223,6 +235,7 @@ class Loader {
   void ReadBackend(const Entry& e);
   void ReadLimits(const Entry& e);
   void ReadHealth(const Entry& e);
+  void ReadAdmin(const Entry& e);
   void ReadRouting(const Entry& e);
   void ReadRoutingRules(const Entry& e);
   void ReadFunctionNames(const Entry& e, std::vector<std::string>* names);
@@ -234,6 +247,7 @@ class Loader {
   int users_line_ = 0;
   bool users_not_a_list_ = false;  // already reported; "at least one user" would be noise
   int admin_listen_line_ = 0;
+  bool admin_token_failed_ = false;  // a token was set but is invalid (already reported)
   std::vector<std::pair<std::string, int>> empty_user_passwords_;  // key path, line
 };
 
@@ -477,13 +491,7 @@ void Loader::ReadRoot(const YAML::Node& root) {
            }},
           {"backend", [&](const Entry& e) { ReadBackend(e); }},
           {"routing", [&](const Entry& e) { ReadRouting(e); }},
-          {"admin",
-           [&](const Entry& e) {
-             VisitMap(e.value, e.path, e.line, {{"listen", [&](const Entry& f) {
-                                                   Set(ReadEndpoint(f), &config_.admin_listen);
-                                                   admin_listen_line_ = f.line;
-                                                 }}});
-           }},
+          {"admin", [&](const Entry& e) { ReadAdmin(e); }},
           {"limits", [&](const Entry& e) { ReadLimits(e); }},
           {"health", [&](const Entry& e) { ReadHealth(e); }},
           {"log",
@@ -514,7 +522,55 @@ void Loader::ReadRoot(const YAML::Node& root) {
   if (config_.admin_listen.ToString() == config_.listen.ToString()) {
     Error("admin.listen", admin_listen_line_,
           "must differ from listen (" + config_.listen.ToString() + ")");
+  } else if (config_.admin_token.empty() && !admin_token_failed_ &&
+             !IsLoopbackHost(config_.admin_listen.host)) {
+    Error("admin.listen", admin_listen_line_,
+          config_.admin_listen.ToString() +
+              " is not a loopback address and no admin token is set: anyone who reaches it could "
+              "use the admin endpoints. Set admin.token or admin.token_env, or listen on "
+              "127.0.0.1 or [::1]");
   }
+}
+
+// admin: {listen, token | token_env}
+void Loader::ReadAdmin(const Entry& e) {
+  int token_keys = 0;
+  auto read_token = [&](const Entry& f) {
+    if (++token_keys > 1) {
+      Error(f, "set only one of token or token_env");
+      admin_token_failed_ = true;
+      return;
+    }
+    std::optional<std::string> value = ReadString(f);
+    if (value && f.key == "token_env") {
+      const char* env = std::getenv(value->c_str());
+      if (env == nullptr || *env == '\0') {
+        Error(f, "environment variable " + Quote(*value) + (env ? " is empty" : " is not set"));
+        value.reset();
+      } else {
+        value = env;
+      }
+    }
+    if (value && value->find_first_of(" \t\r\n") != std::string::npos) {
+      Error(f, "the token must not contain spaces or line breaks");  // never shows the token
+      value.reset();
+    }
+    if (value) {
+      config_.admin_token = std::move(*value);
+    } else {
+      admin_token_failed_ = true;
+    }
+  };
+  VisitMap(e.value, e.path, e.line,
+           {
+               {"listen",
+                [&](const Entry& f) {
+                  Set(ReadEndpoint(f), &config_.admin_listen);
+                  admin_listen_line_ = f.line;
+                }},
+               {"token", read_token},
+               {"token_env", read_token},
+           });
 }
 
 void Loader::ReadNodes(const Entry& e) {

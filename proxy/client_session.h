@@ -9,9 +9,11 @@
 // coroutine that relays its replies (streaming, without copying) and counts ReadyForQuery.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -46,6 +48,7 @@ class ClientSession {
     bool error = false;   // an ErrorResponse was among the replies
     char status_before = 'I';
     char status_after = 'I';
+    std::chrono::steady_clock::time_point sent;  // for the statement latency histogram
   };
   // One server connection of this session.
   struct Backend {
@@ -65,7 +68,13 @@ class ClientSession {
     std::vector<std::string> statements;  // named statements it uses (to re-prepare)
     std::vector<std::string> defined;     // named statements it parses
     std::vector<std::string> closed;      // named statements it closes
+    std::vector<std::string> stale;       // names (re)defined here that no longer exist for the
+                                          // session: drop leftovers on the target first
+    // Statements with session effects that this batch executes (SET, DISCARD ALL, ...).
+    std::vector<std::pair<std::string, routing::Classification>> effects;
+    std::optional<std::pair<std::string, routing::Classification>> unnamed_effect;
     bool has_statement = false;  // a Parse, Bind or statement Describe: something to route by
+    bool has_execute = false;
     bool has_parse_unnamed = false;
     bool uses_unnamed_without_parse = false;
     bool group_pushed = false;
@@ -78,8 +87,11 @@ class ClientSession {
       statements.clear();
       defined.clear();
       closed.clear();
-      has_statement = has_parse_unnamed = uses_unnamed_without_parse = group_pushed = failed =
-          false;
+      stale.clear();
+      effects.clear();
+      unnamed_effect.reset();
+      has_statement = has_execute = has_parse_unnamed = uses_unnamed_without_parse =
+          group_pushed = failed = false;
       sticky = nullptr;
     }
   };
@@ -103,15 +115,18 @@ class ClientSession {
   awaitable<void> Relay();
   awaitable<bool> ClientPump();
   awaitable<bool> OnClientMessage(char type, std::string_view msg);
-  void NoteStatementUse(std::string_view name);
+  void NoteStatementUse(std::string_view name, bool executes);
   awaitable<void> SendBatch(bool final, bool forced);
   awaitable<Backend*> Choose(const routing::UnitTraits& traits, bool respond_ready = true);
   awaitable<Backend*> OpenBackend(int node);
   void StartReader(Backend* b);
   awaitable<bool> SwitchTo(Backend* b);
   void UpdateCancelTarget();
-  void AppendReplay(Backend* b, const std::vector<std::string>* statements);
-  void PushForward(Backend* b, const routing::UnitTraits& traits);
+  // Brings `b` to the session's settings, prepares the named statements a unit uses, and drops
+  // leftovers of names the session closed (`statements` and `stale`).
+  void AppendReplay(Backend* b, const std::vector<std::string>* statements,
+                    const std::vector<std::string>* stale = nullptr);
+  void PushForward(Backend* b, const routing::UnitTraits& traits, bool statement);
   void PushSwallowed(Backend* b);
   awaitable<bool> Flush();
   awaitable<bool> WriteToClient(const std::vector<asio::const_buffer>& buffers);
@@ -124,7 +139,11 @@ class ClientSession {
   awaitable<void> AnswerLost(Backend* b);
   // Session-state bookkeeping for a statement string just sent to `b` (session_effects.cc).
   void NoteStatementEffects(std::string_view sql, const routing::Classification& c, Backend* b);
-  static void StatementsUsed(const routing::Classification& c, std::vector<std::string>* out);
+  // Prepared statement names a statement string uses (EXECUTE, DEALLOCATE) and names it defines
+  // that the session does not have any more (PREPARE after DEALLOCATE).
+  void StatementsUsed(const routing::Classification& c, std::vector<std::string>* used,
+                      std::vector<std::string>* stale) const;
+  static bool HasEffects(const routing::Classification& c);
   void DropOtherBackends(Backend* keep);
 
   ServerContext& ctx_;
@@ -148,6 +167,7 @@ class ClientSession {
   SessionState state_;
   Batch batch_;
   std::vector<std::string> unit_statements_;
+  std::vector<std::string> unit_stale_;
   std::string outbox_;  // bytes for current_, written by Flush()
   char tx_status_ = 'I';
   bool tx_predicted_ = false;  // in a transaction once the sent units have run

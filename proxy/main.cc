@@ -1,12 +1,15 @@
 // pgrelay: a read/write-splitting PostgreSQL proxy. Command line entry point.
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <string>
 
 #include "config/config_loader.h"
 #include "config/log.h"
 #include "health/catalog_refresher.h"
 #include "health/monitor.h"
+#include "proxy/admin/admin_server.h"
+#include "proxy/admin/proxy_metrics.h"
 #include "proxy/server.h"
 
 #ifndef PGRELAY_VERSION
@@ -71,11 +74,32 @@ int main(int argc, char** argv) {
   monitor.Start();
   pgrelay::health::CatalogRefresher catalog(result.config, &monitor);
   catalog.Start();
+  const auto& config = *result.config;
+  pgrelay::admin::ProxyMetrics metrics(config, pgrelay::proxy::Server::WorkerCount(config),
+                                       [&monitor] { return monitor.Snapshot(); });
+  pgrelay::admin::AdminOptions admin_options;
+  admin_options.listen = config.admin_listen;
+  admin_options.token = config.admin_token;
+  pgrelay::admin::AdminSources admin_sources;
+  admin_sources.topology = [&monitor] { return monitor.Snapshot(); };
+  admin_sources.metrics = &metrics.registry();
+  admin_sources.client_connections = [&metrics] { return metrics.ClientConnections(); };
+  admin_sources.backend_connections = [&metrics] { return metrics.BackendConnections(); };
+  pgrelay::admin::AdminServer admin(admin_options, admin_sources);
+  try {
+    admin.Start();
+  } catch (const std::exception& e) {
+    PGRELAY_LOG(kError, "admin", e.what());
+    catalog.Stop();
+    monitor.Stop();
+    return 1;
+  }
   int rc = 0;
   {
-    pgrelay::proxy::Server server(result.config, &monitor, &catalog);
+    pgrelay::proxy::Server server(result.config, &monitor, &catalog, &metrics);
     rc = server.Run();
   }
+  admin.Stop();
   catalog.Stop();
   monitor.Stop();
   return rc;

@@ -53,10 +53,15 @@ awaitable<void> RunSession(tcp::socket socket, ServerContext* context, Worker* w
   if (catalog != worker->context.classifier.catalog()) {
     worker->context.classifier.SetCatalog(std::move(catalog));
   }
+  admin::Shard& m = *worker->context.metrics;
+  const admin::ProxyMetrics& pm = *context->metrics;
+  m.Inc(pm.client_connections_total.At());
+  m.Add(pm.client_connections.At(), 1);
   ClientSession session(std::move(socket), *context, worker->context);
   worker->sessions.insert(&session);
   if (worker->shutting_down) session.Shutdown();
   co_await session.Run();
+  m.Add(pm.client_connections.At(), -1);
   worker->sessions.erase(&session);
   if (worker->shutting_down && worker->sessions.empty()) worker->grace.cancel();
 }
@@ -72,8 +77,10 @@ struct Server::Impl {
   asio::io_context main_io{1};
   std::vector<std::unique_ptr<Worker>> workers;
 
-  Impl(std::shared_ptr<const config::Config> c, health::Monitor* m, health::CatalogRefresher* f)
+  Impl(std::shared_ptr<const config::Config> c, health::Monitor* m, health::CatalogRefresher* f,
+       admin::ProxyMetrics* pm)
       : config(std::move(c)), monitor(m), auth(*config) {
+    context.metrics = pm;
     context.config = config;
     context.monitor = monitor;
     context.catalog = f;
@@ -103,17 +110,23 @@ struct Server::Impl {
 };
 
 Server::Server(std::shared_ptr<const config::Config> config, health::Monitor* monitor,
-               health::CatalogRefresher* catalog)
-    : impl_(std::make_unique<Impl>(std::move(config), monitor, catalog)) {}
+               health::CatalogRefresher* catalog, admin::ProxyMetrics* metrics)
+    : impl_(std::make_unique<Impl>(std::move(config), monitor, catalog, metrics)) {}
+
+int Server::WorkerCount(const config::Config& config) {
+  return config.workers > 0 ? config.workers
+                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 Server::~Server() = default;
 
 int Server::Run() {
   Impl& s = *impl_;
-  int n = s.config->workers > 0
-              ? s.config->workers
-              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  for (int i = 0; i < n; ++i) s.workers.push_back(std::make_unique<Worker>(*s.config));
+  const int n = WorkerCount(*s.config);
+  for (int i = 0; i < n; ++i) {
+    s.workers.push_back(std::make_unique<Worker>(*s.config));
+    s.workers.back()->context.metrics = &s.context.metrics->WorkerShard(i);
+  }
 
   tcp::acceptor acceptor(s.main_io);
   error_code ec;

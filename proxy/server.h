@@ -7,13 +7,16 @@
 #include "config/config.h"
 #include "health/catalog_refresher.h"
 #include "health/monitor.h"
+#include "proxy/admin/proxy_metrics.h"
 
 namespace pgrelay::proxy {
 
 class Server {
  public:
   Server(std::shared_ptr<const config::Config> config, health::Monitor* monitor,
-         health::CatalogRefresher* catalog);
+         health::CatalogRefresher* catalog, admin::ProxyMetrics* metrics);
+  // The number of worker threads the config asks for (0 = one per core).
+  static int WorkerCount(const config::Config& config);
   ~Server();
   // Listens and serves until SIGINT or SIGTERM. Returns the process exit code.
   int Run();

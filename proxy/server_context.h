@@ -9,6 +9,7 @@
 #include "config/config.h"
 #include "health/catalog_refresher.h"
 #include "health/monitor.h"
+#include "proxy/admin/proxy_metrics.h"
 #include "proxy/auth_directory.h"
 #include "proxy/cancel_registry.h"
 
@@ -18,6 +19,7 @@ struct ServerContext {
   std::shared_ptr<const config::Config> config;
   const health::Monitor* monitor = nullptr;
   health::CatalogRefresher* catalog = nullptr;  // function volatility for the classifiers
+  admin::ProxyMetrics* metrics = nullptr;
   const AuthDirectory* auth = nullptr;
   CancelRegistry* cancels = nullptr;
   std::atomic<int> client_connections{0};

@@ -7,11 +7,21 @@ namespace pgrelay::proxy {
 
 using routing::Flag;
 
+bool ClientSession::HasEffects(const routing::Classification& c) {
+  return c.changes_session_state() || c.creates_or_changes_functions() ||
+         c.txn == routing::TxnKind::kSetSessionCharacteristics;
+}
+
 void ClientSession::StatementsUsed(const routing::Classification& c,
-                                   std::vector<std::string>* out) {
-  if (!c.Has(Flag::kExecute)) return;
+                                   std::vector<std::string>* used,
+                                   std::vector<std::string>* stale) const {
+  if (!c.HasAny(Flag::kExecute | Flag::kDeallocate | Flag::kPrepare)) return;
   for (const routing::SessionItem& item : c.session_items()) {
-    if (item.kind == Flag::kExecute && !item.name.empty()) out->push_back(item.name);
+    if (item.name.empty()) continue;
+    if (item.kind == Flag::kExecute || item.kind == Flag::kDeallocate) used->push_back(item.name);
+    if (item.kind == Flag::kPrepare && state_.FindPrepared(item.name) == nullptr) {
+      stale->push_back(item.name);
+    }
   }
 }
 
@@ -63,35 +73,26 @@ void ClientSession::NoteStatementEffects(std::string_view sql, const routing::Cl
         state_.DeallocateAll();
         b->prepared.clear();
         break;
-      case Flag::kDiscardAll:
-        state_.DiscardAll();
-        b->prepared.clear();
-        b->state_version = state_.settings_version();
-        DropOtherBackends(b);
-        PGRELAY_LOG(kDebug, "session", "client " << peer_ << ": DISCARD ALL, session unpinned");
-        break;
-      case Flag::kListen:
-        state_.Pin("LISTEN");
-        break;
       case Flag::kUnlistenAll:
         state_.UnpinListen();
-        break;
-      case Flag::kCreateTemp:
-        state_.Pin("temporary objects");
-        break;
-      case Flag::kSessionAdvisoryLock:
-        state_.Pin("session advisory lock");
-        break;
-      case Flag::kDeclareCursorWithHold:
-        state_.Pin("WITH HOLD cursor");
-        break;
-      case Flag::kLoad:
-        state_.Pin("LOAD");
         break;
       default:
         break;
     }
   }
+  if (c.Has(Flag::kDiscardAll)) {
+    // Everything session-level is gone on `b`; other connections are simply dropped.
+    state_.DiscardAll();
+    b->prepared.clear();
+    b->state_version = state_.settings_version();
+    DropOtherBackends(b);
+    PGRELAY_LOG(kDebug, "session", "client " << peer_ << ": DISCARD ALL, session unpinned");
+  }
+  if (c.Has(Flag::kCreateTemp)) state_.Pin("temporary objects");
+  if (c.Has(Flag::kSessionAdvisoryLock)) state_.Pin("session advisory lock");
+  if (c.Has(Flag::kListen)) state_.Pin("LISTEN");
+  if (c.Has(Flag::kDeclareCursorWithHold)) state_.Pin("WITH HOLD cursor");
+  if (c.Has(Flag::kLoad)) state_.Pin("LOAD");
   if (settings_changed && !tx_predicted_) b->state_version = state_.settings_version();
   if (state_.pinned() && !pinned_logged_) {
     pinned_logged_ = true;

@@ -149,13 +149,19 @@ awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) 
       routing::Classification c = worker_.classifier.Classify(sql);
       routing::UnitTraits traits = TraitsOf(c);
       unit_statements_.clear();
-      StatementsUsed(c, &unit_statements_);
+      unit_stale_.clear();
+      StatementsUsed(c, &unit_statements_, &unit_stale_);
+      if (c.Has(routing::Flag::kExecute) && c.statement_count == 1 && !unit_statements_.empty()) {
+        // EXECUTE runs where its prepared statement may run.
+        const SessionState::Prepared* p = state_.FindPrepared(unit_statements_.front());
+        traits.write = p == nullptr || p->traits.write;
+      }
       Backend* b = co_await Choose(traits);
       if (b == nullptr) co_return !ending_;
       if (!co_await SwitchTo(b)) co_return false;
-      AppendReplay(b, &unit_statements_);
+      AppendReplay(b, &unit_statements_, &unit_stale_);
       outbox_.append(msg);
-      PushForward(b, traits);
+      PushForward(b, traits, !c.Has(routing::Flag::kEmpty));
       NoteStatementEffects(sql, c, b);
       co_return true;
     }
@@ -166,10 +172,13 @@ awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) 
       routing::UnitTraits traits = TraitsOf(c);
       batch_.traits.Merge(traits);
       batch_.has_statement = true;
+      const bool effects = HasEffects(c);
       if (name.empty()) {
         batch_.has_parse_unnamed = true;
+        if (effects) batch_.unnamed_effect.emplace(std::string(sql), c);
       } else {
-        state_.DefinePrepared(name, /*sql=*/false, msg, traits);
+        if (state_.FindPrepared(name) == nullptr) batch_.stale.emplace_back(name);
+        state_.DefinePrepared(name, /*sql=*/false, msg, traits, effects ? &c : nullptr, sql);
         batch_.defined.emplace_back(name);
       }
       batch_.bytes.append(msg);
@@ -178,14 +187,14 @@ awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) 
     case 'B': {
       r.CString();  // portal
       std::string_view statement = r.CString();
-      NoteStatementUse(statement);
+      NoteStatementUse(statement, /*executes=*/true);
       batch_.bytes.append(msg);
       break;
     }
     case 'D': {
       char what = r.Byte();
       std::string_view name = r.CString();
-      if (what == 'S') NoteStatementUse(name);
+      if (what == 'S') NoteStatementUse(name, /*executes=*/false);
       batch_.bytes.append(msg);
       break;
     }
@@ -200,6 +209,7 @@ awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) 
       break;
     }
     case 'E':
+      batch_.has_execute = true;
       batch_.bytes.append(msg);
       break;
     case 'H':
@@ -218,7 +228,7 @@ awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) 
       if (b == nullptr) co_return !ending_;
       if (!co_await SwitchTo(b)) co_return false;
       outbox_.append(msg);
-      PushForward(b, traits);
+      PushForward(b, traits, true);
       break;
     }
     case 'X':
@@ -240,19 +250,22 @@ awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) 
   co_return !ending_;
 }
 
-void ClientSession::NoteStatementUse(std::string_view name) {
+void ClientSession::NoteStatementUse(std::string_view name, bool executes) {
   batch_.has_statement = true;
   if (name.empty()) {
     if (!batch_.has_parse_unnamed) batch_.uses_unnamed_without_parse = true;
+    if (executes && batch_.unnamed_effect) batch_.effects.push_back(*batch_.unnamed_effect);
     return;
   }
+  const SessionState::Prepared* p = state_.FindPrepared(name);
+  if (executes && p != nullptr && p->effect) batch_.effects.emplace_back(p->effect_sql, *p->effect);
   for (const auto& d : batch_.defined) {
     if (d == name) return;
   }
-  if (const SessionState::Prepared* p = state_.FindPrepared(name)) {
-    batch_.traits.Merge(p->traits);
-    batch_.statements.emplace_back(name);
-  }
+  // A name the session does not have (closed, deallocated) is listed too: the target must not
+  // answer from a leftover copy.
+  if (p != nullptr) batch_.traits.Merge(p->traits);
+  batch_.statements.emplace_back(name);
 }
 
 awaitable<void> ClientSession::SendBatch(bool final, bool forced) {
@@ -278,7 +291,7 @@ awaitable<void> ClientSession::SendBatch(bool final, bool forced) {
       co_return;
     }
     if (!co_await SwitchTo(b)) co_return;
-    AppendReplay(b, &batch_.statements);
+    AppendReplay(b, &batch_.statements, &batch_.stale);
   }
   for (const auto& name : batch_.closed) b->prepared.erase(name);
   for (const auto& name : batch_.defined) {
@@ -291,9 +304,12 @@ awaitable<void> ClientSession::SendBatch(bool final, bool forced) {
   outbox_.append(batch_.bytes);
   batch_.bytes.clear();
   if (!batch_.group_pushed) {
-    PushForward(b, batch_.traits);
+    // Counted as a statement only if it executes something (not a bare Parse/Describe).
+    PushForward(b, batch_.traits, batch_.has_statement && batch_.has_execute);
     batch_.group_pushed = true;
   }
+  for (const auto& [sql, c] : batch_.effects) NoteStatementEffects(sql, c, b);
+  batch_.effects.clear();
   if (final) {
     batch_.Clear();
   } else {
@@ -323,6 +339,7 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
     }
   }
   routing::RouteResult route = worker_.router.Route(traits, session, *topology, worker_.in_flight);
+  if (route.fell_back) worker_.metrics->Inc(ctx_.metrics->reads_fallback_primary.At());
   Backend* b = nullptr;
   if (route.node >= 0) {
     b = backends_[route.node].get();
@@ -396,7 +413,15 @@ void ClientSession::UpdateCancelTarget() {
   ctx_.cancels->Update(pid_, CancelTarget{c.host(), c.port(), c.pid(), c.key()});
 }
 
-void ClientSession::AppendReplay(Backend* b, const std::vector<std::string>* statements) {
+void ClientSession::AppendReplay(Backend* b, const std::vector<std::string>* statements,
+                                 const std::vector<std::string>* stale) {
+  if (stale != nullptr) {
+    for (const std::string& name : *stale) {
+      if (b->prepared.erase(name) == 0) continue;
+      AppendQuery(&outbox_, "DEALLOCATE " + QuoteIdent(name));
+      PushSwallowed(b);
+    }
+  }
   if (b->state_version != state_.settings_version()) {
     // One query per setting: a setting that fails to replay does not stop the others.
     AppendQuery(&outbox_, "RESET ALL");
@@ -410,8 +435,14 @@ void ClientSession::AppendReplay(Backend* b, const std::vector<std::string>* sta
   if (statements == nullptr) return;
   for (const std::string& name : *statements) {
     const SessionState::Prepared* p = state_.FindPrepared(name);
-    if (p == nullptr) continue;
     auto it = b->prepared.find(name);
+    if (p == nullptr) {
+      if (it == b->prepared.end()) continue;
+      b->prepared.erase(it);  // closed by the session: drop the leftover copy here
+      AppendQuery(&outbox_, "DEALLOCATE " + QuoteIdent(name));
+      PushSwallowed(b);
+      continue;
+    }
     if (it != b->prepared.end() && it->second == p->id) continue;
     if (it != b->prepared.end()) {  // an older definition under the same name
       AppendQuery(&outbox_, "DEALLOCATE " + QuoteIdent(name));
@@ -428,14 +459,22 @@ void ClientSession::AppendReplay(Backend* b, const std::vector<std::string>* sta
   }
 }
 
-void ClientSession::PushForward(Backend* b, const routing::UnitTraits& traits) {
+void ClientSession::PushForward(Backend* b, const routing::UnitTraits& traits, bool statement) {
   Group g;
+  g.sent = std::chrono::steady_clock::now();
   g.forward = true;
   g.commit = traits.commits;
   g.status_before = tx_status_;
   b->pending.push_back(g);
   ++b->forward_pending;
   ++worker_.in_flight[b->node];
+  const admin::ProxyMetrics& pm = *ctx_.metrics;
+  admin::StatementClass cls = !statement ? admin::StatementClass::kOther
+                              : traits.begin || traits.tx_after != routing::TxAfter::kUnchanged
+                                  ? admin::StatementClass::kTransaction
+                              : traits.write ? admin::StatementClass::kWrite
+                                             : admin::StatementClass::kRead;
+  worker_.metrics->Inc(pm.statements.At(static_cast<size_t>(b->node), cls, config_.strategy));
   if (traits.tx_after == routing::TxAfter::kInTransaction) tx_predicted_ = true;
   if (traits.tx_after == routing::TxAfter::kIdle) tx_predicted_ = false;
 }
@@ -511,6 +550,9 @@ void ClientSession::OnGroupDone(Backend* b) {
   }
   --b->forward_pending;
   --worker_.in_flight[b->node];
+  worker_.metrics->Observe(
+      ctx_.metrics->statement_duration.At(static_cast<size_t>(b->node)),
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - g.sent).count());
   char before = tx_status_;
   tx_status_ = g.status_after;
   if (before != 'I' && tx_status_ == 'I') {

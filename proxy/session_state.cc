@@ -70,12 +70,20 @@ void SessionState::Apply(const Change& c) {
 }
 
 void SessionState::DefinePrepared(std::string_view name, bool sql, std::string_view definition,
-                                  const routing::UnitTraits& traits) {
+                                  const routing::UnitTraits& traits,
+                                  const routing::Classification* effect,
+                                  std::string_view effect_sql) {
   Prepared& p = prepared_[std::string(name)];
   p.id = next_prepared_id_++;
   p.sql = sql;
   p.definition.assign(definition);
   p.traits = traits;
+  p.effect_sql.assign(effect_sql);
+  if (effect != nullptr) {
+    p.effect = *effect;
+  } else {
+    p.effect.reset();
+  }
 }
 
 const SessionState::Prepared* SessionState::FindPrepared(std::string_view name) const {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -37,9 +38,15 @@ class SessionState {
     bool sql = false;         // true: `definition` is a PREPARE statement; false: a Parse message
     std::string definition;
     routing::UnitTraits traits;
+    // Set only for statements with session effects (SET, DISCARD, LISTEN, ...): their text and
+    // classification, applied whenever the statement is executed.
+    std::string effect_sql;
+    std::optional<routing::Classification> effect;
   };
   void DefinePrepared(std::string_view name, bool sql, std::string_view definition,
-                      const routing::UnitTraits& traits);
+                      const routing::UnitTraits& traits,
+                      const routing::Classification* effect = nullptr,
+                      std::string_view effect_sql = {});
   const Prepared* FindPrepared(std::string_view name) const;
   void Deallocate(std::string_view name);
   void DeallocateAll();

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "proxy/admin/metrics.h"
 #include "proxy/buffer_pool.h"
 #include "routing/classifier.h"
 #include "routing/router.h"
@@ -20,6 +21,7 @@ struct WorkerContext {
   routing::Router router;
   std::vector<uint32_t> in_flight;  // statements outstanding per node, from this worker
   uint64_t pins = 0;                // sessions pinned to the primary (counted once each)
+  admin::Shard* metrics = nullptr;  // this worker's metrics shard (written by this thread only)
 };
 
 }  // namespace pgrelay::proxy

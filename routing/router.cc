@@ -6,7 +6,8 @@ UnitTraits TraitsOf(const Classification& c) {
   UnitTraits t;
   constexpr uint64_t kSessionBound =
       Flag::kListen | Flag::kCreateTemp | Flag::kTempReference | Flag::kSessionAdvisoryLock |
-      Flag::kDeclareCursorWithHold | Flag::kLoad | Flag::kNotify;
+      Flag::kDeclareCursorWithHold | Flag::kLoad | Flag::kNotify | Flag::kDiscardTemp |
+      Flag::kDiscardAll;
   t.write = c.is_write() || c.HasAny(kSessionBound);
   t.hint = c.hint;
   switch (c.txn) {

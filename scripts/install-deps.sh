@@ -12,7 +12,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   postgresql-15 postgresql-client-15 postgresql-contrib
   python3-psycopg python3-pytest
-  procps iproute2
+  procps iproute2 curl prometheus
 )
 
 installed() {

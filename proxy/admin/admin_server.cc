@@ -375,7 +375,7 @@ Response AdminServer::Impl::Cluster(const Request& request) const {
   if (topology == nullptr) {
     return Text(request, http::status::service_unavailable, "no health check has completed yet\n");
   }
-  std::vector<double> backend;
+  std::vector<int64_t> backend;
   if (sources_.backend_connections) backend = sources_.backend_connections();
   const auto now = std::chrono::steady_clock::now();
 

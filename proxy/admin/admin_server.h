@@ -43,8 +43,8 @@ struct AdminSources {
   std::function<std::shared_ptr<const health::Topology>()> topology;
   const Registry* metrics = nullptr;
   // For /cluster: client connections now, and backend connections per node (topology order).
-  std::function<double()> client_connections;
-  std::function<std::vector<double>()> backend_connections;
+  std::function<int64_t()> client_connections;
+  std::function<std::vector<int64_t>()> backend_connections;
   // POST /pause, /resume, /reload, /switchover (after the token check). `action` is the path
   // without the slash, `query` the raw query string ("to=pg2"). Empty: 501 Not Implemented.
   std::function<ActionResult(std::string_view action, std::string_view query)> on_action;

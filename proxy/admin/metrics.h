@@ -120,9 +120,11 @@ class Shard {
   void Add(GaugeSeries s, double delta) { SetDouble(s.cell, GetDouble(s.cell) + delta); }
   void Set(GaugeSeries s, double value) { SetDouble(s.cell, value); }
 
-  // Counts `value` in the first bucket whose upper bound is >= value (+Inf if none; NaN too)
-  // and adds it to the sum. Buckets are stored per bucket, made cumulative when rendered.
+  // Counts `value` in the first bucket whose upper bound is >= value (+Inf if none) and adds
+  // it to the sum; ignores NaN (it would poison the sum). Buckets are stored per bucket and
+  // made cumulative when rendered.
   void Observe(const HistogramSeries& s, double value) {
+    if (value != value) return;
     uint32_t b = 0;
     while (b < s.buckets && !(value <= s.bounds[b])) ++b;
     Store(s.cell + b, Load(s.cell + b) + 1);

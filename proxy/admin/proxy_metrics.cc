@@ -1,6 +1,7 @@
 #include "proxy/admin/proxy_metrics.h"
 
 #include <chrono>
+#include <cmath>
 #include <string>
 #include <utility>
 
@@ -214,12 +215,15 @@ ProxyMetrics::ProxyMetrics(const config::Config& config, size_t workers, Topolog
   r.Freeze(workers + 2);
 }
 
-double ProxyMetrics::ClientConnections() const { return registry_.Value(client_connections.At()); }
+int64_t ProxyMetrics::ClientConnections() const {
+  return std::llround(registry_.Value(client_connections.At()));
+}
 
-std::vector<double> ProxyMetrics::BackendConnections() const {
-  std::vector<double> out;
-  for (size_t i = 0; i < node_count_; ++i)
-    out.push_back(registry_.Value(backend_connections.At(i)));
+std::vector<int64_t> ProxyMetrics::BackendConnections() const {
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < node_count_; ++i) {
+    out.push_back(std::llround(registry_.Value(backend_connections.At(i))));
+  }
   return out;
 }
 

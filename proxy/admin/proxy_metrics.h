@@ -57,6 +57,20 @@ enum class ConsistencyStrategy : uint8_t { kReadYourWrites, kQuorum };
 // Returns the current topology (or nullptr before the first one). Called on the scrape thread.
 using TopologySource = std::function<std::shared_ptr<const health::Topology>()>;
 
+// Who writes what (each through its own shard: Shard& m = metrics.WorkerShard(worker)):
+//   session start/end       client_connections +1/-1, client_connections_total +1
+//   refused before Relay()  client_connections_rejected.At(RejectReason)
+//   client read / write     client_bytes_received / client_bytes_sent += bytes
+//   backend login ok / lost backend_connections.At(node) +1 / -1; failed login:
+//                           backend_connect_failures.At(node)
+//   unit forwarded          statements.At(node, StatementClass, config::Strategy);
+//                           statement_duration.At(node) observed at its ReadyForQuery
+//   read sent to primary    reads_fallback_primary (no eligible replica)
+//   session pinned          sessions_pinned.At(PinReason), once per pin
+//   after Classify()        Set(classifier_cache_hits / _misses, classifier.stats().hits/misses)
+//   health probe failed     health_probe_failures.At(node)   (MonitorShard)
+//   promotion / reload      failovers, last_failover_duration, config_reloads (the thread doing it)
+
 class ProxyMetrics {
  public:
   // `workers`: the number of worker threads (one shard each, plus MonitorShard and
@@ -73,8 +87,8 @@ class ProxyMetrics {
   size_t node_count() const { return node_count_; }
 
   // Sums over every shard, for /cluster.
-  double ClientConnections() const;
-  std::vector<double> BackendConnections() const;  // per node, config order
+  int64_t ClientConnections() const;
+  std::vector<int64_t> BackendConnections() const;  // per node, config order
 
   // --- Sharded families. Indexes: node = position in config.nodes, strategy =
   // config::Strategy, class = StatementClass, reason = RejectReason / PinReason. ---

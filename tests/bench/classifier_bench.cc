@@ -100,9 +100,7 @@ void PerStatement(benchmark::State& state, Mode mode, int reps) {
 
 void BM_ClassifyCached(benchmark::State& state) { PerStatement(state, Mode::kCached, 2000); }
 void BM_ClassifyUncached(benchmark::State& state) { PerStatement(state, Mode::kUncached, 20); }
-void BM_ClassifyMissWithPrecheck(benchmark::State& state) {
-  PerStatement(state, Mode::kMiss, 20);
-}
+void BM_ClassifyMissWithPrecheck(benchmark::State& state) { PerStatement(state, Mode::kMiss, 20); }
 BENCHMARK(BM_ClassifyCached)->Unit(benchmark::kMillisecond)->Iterations(1);
 BENCHMARK(BM_ClassifyUncached)->Unit(benchmark::kMillisecond)->Iterations(1);
 BENCHMARK(BM_ClassifyMissWithPrecheck)->Unit(benchmark::kMillisecond)->Iterations(1);
@@ -119,9 +117,9 @@ void BM_CachedRoundRobin(benchmark::State& state) {
     if (++i == corpus.size()) i = 0;
   }
   // The pre-checked statements are not cached (they are cheaper to redo); neither allocates.
-  state.counters["allocs_per_op"] = benchmark::Counter(
-      static_cast<double>(g_allocations.load() - allocations_before) /
-      static_cast<double>(state.iterations()));
+  state.counters["allocs_per_op"] =
+      benchmark::Counter(static_cast<double>(g_allocations.load() - allocations_before) /
+                         static_cast<double>(state.iterations()));
 }
 BENCHMARK(BM_CachedRoundRobin);
 

@@ -764,5 +764,58 @@ TEST(ConfigRoutingTest, ClassifierKeyErrors) {
   EXPECT_EQ(r.errors.back().message, "must be an integer from 0 to 10000000 (got '-1')");
 }
 
+TEST(ConfigAdminTest, TokenSources) {
+  EXPECT_EQ(MustLoad(kBase).admin_token, "");
+  EXPECT_EQ(MustLoad(std::string(kBase) + "admin: {token: s3cret-token}\n").admin_token,
+            "s3cret-token");
+  ASSERT_EQ(setenv("PGRELAY_TEST_ADMIN_TOKEN", "env-token", 1), 0);
+  const Config c =
+      MustLoad(std::string(kBase) +
+               "admin:\n  listen: 0.0.0.0:9187\n  token_env: PGRELAY_TEST_ADMIN_TOKEN\n");
+  EXPECT_EQ(c.admin_token, "env-token");
+  EXPECT_EQ(c.admin_listen.ToString(), "0.0.0.0:9187");
+  ASSERT_EQ(unsetenv("PGRELAY_TEST_ADMIN_TOKEN"), 0);
+}
+
+TEST(ConfigAdminTest, NonLoopbackListenNeedsAToken) {
+  for (const char* listen :
+       {"0.0.0.0:9187", "10.1.2.3:9187", "\"[::]:9187\"", "example.com:9187"}) {
+    const ConfigError e = SingleError(std::string(kBase) + "admin:\n  listen: " + listen + "\n");
+    EXPECT_EQ(e.key, "admin.listen") << listen;
+    EXPECT_EQ(e.line, 6) << listen;
+    EXPECT_NE(e.message.find("is not a loopback address and no admin token is set"),
+              std::string::npos)
+        << e.message;
+    EXPECT_NE(e.message.find("admin.token or admin.token_env"), std::string::npos) << e.message;
+  }
+  for (const char* listen :
+       {"127.0.0.1:9000", "127.8.9.10:9000", "\"[::1]:9000\"", "localhost:9000"}) {
+    MustLoad(std::string(kBase) + "admin: {listen: " + listen + "}\n");
+  }
+}
+
+TEST(ConfigAdminTest, TokenErrorsNeverShowTheToken) {
+  ConfigError e = SingleError(std::string(kBase) + "admin: {token: ''}\n");
+  EXPECT_EQ(e.key, "admin.token");
+  EXPECT_EQ(e.message, "must not be empty");
+  e = SingleError(std::string(kBase) + "admin: {token: 'has space'}\n");
+  EXPECT_EQ(e.message, "the token must not contain spaces or line breaks");
+  EXPECT_EQ(e.message.find("has space"), std::string::npos);
+  ASSERT_EQ(unsetenv("PGRELAY_TEST_NO_SUCH_TOKEN"), 0);
+  e = SingleError(std::string(kBase) + "admin: {token_env: PGRELAY_TEST_NO_SUCH_TOKEN}\n");
+  EXPECT_EQ(e.key, "admin.token_env");
+  EXPECT_EQ(e.message, "environment variable 'PGRELAY_TEST_NO_SUCH_TOKEN' is not set");
+  ASSERT_EQ(setenv("PGRELAY_TEST_EMPTY_TOKEN", "", 1), 0);
+  e = SingleError(std::string(kBase) + "admin: {token_env: PGRELAY_TEST_EMPTY_TOKEN}\n");
+  EXPECT_EQ(e.message, "environment variable 'PGRELAY_TEST_EMPTY_TOKEN' is empty");
+  ASSERT_EQ(unsetenv("PGRELAY_TEST_EMPTY_TOKEN"), 0);
+  e = SingleError(std::string(kBase) + "admin: {token: abc, token_env: X}\n");
+  EXPECT_EQ(e.key, "admin.token_env");
+  EXPECT_EQ(e.message, "set only one of token or token_env");
+  // A broken token on a public address is reported once, not also as "no token".
+  e = SingleError(std::string(kBase) + "admin: {listen: 0.0.0.0:9187, token: ''}\n");
+  EXPECT_EQ(e.key, "admin.token");
+}
+
 }  // namespace
 }  // namespace pgrelay::config
