@@ -135,6 +135,17 @@ std::vector<std::string> DefaultPrimaryFunctions() {
           "pg_create_restore_point"};
 }
 
+Strategy Config::StrategyFor(std::string_view database, std::string_view user,
+                             std::string_view application_name) const {
+  for (const StrategyOverride& o : routing.overrides) {
+    if (!o.database.empty() && o.database != database) continue;
+    if (!o.user.empty() && o.user != user) continue;
+    if (!o.application_name.empty() && o.application_name != application_name) continue;
+    return o.strategy;
+  }
+  return strategy;
+}
+
 const UserConfig* Config::FindUser(std::string_view name) const {
   for (const UserConfig& user : users) {
     if (user.name == name) return &user;

@@ -73,6 +73,15 @@ struct RoutingRule {
   Route route = Route::kPrimary;
 };
 
+// routing.overrides: a session whose database, user and application_name (at connect time)
+// match every field that is set uses `strategy` instead of routing.strategy. First match wins.
+struct StrategyOverride {
+  std::string database;          // empty: any
+  std::string user;              // empty: any
+  std::string application_name;  // empty: any
+  Strategy strategy = Strategy::kLeader;
+};
+
 // Function names are "name" (any schema) or "schema.name", as stored in pg_proc.
 std::vector<std::string> DefaultSideEffectFreeFunctions();
 std::vector<std::string> DefaultPrimaryFunctions();
@@ -92,6 +101,7 @@ struct RoutingConfig {
   // high after idle periods, so the byte bound is the reliable one).
   std::chrono::milliseconds max_lag{0};
   bool fallback_to_primary = true;           // no eligible replica: read on the primary
+  std::vector<StrategyOverride> overrides;
 };
 
 struct Config {
@@ -112,6 +122,9 @@ struct Config {
   LogLevel log_level = LogLevel::kInfo;
 
   const UserConfig* FindUser(std::string_view name) const;  // nullptr if unknown
+  // The strategy for a session: the first matching routing.overrides entry, else `strategy`.
+  Strategy StrategyFor(std::string_view database, std::string_view user,
+                       std::string_view application_name) const;
   // Credentials for the health monitor: `backend` if set, else the first user; empty if neither
   // (only possible with auth: trust and no users).
   BackendCredentials MonitorCredentials() const;

@@ -237,6 +237,7 @@ class Loader {
   void ReadHealth(const Entry& e);
   void ReadAdmin(const Entry& e);
   void ReadRouting(const Entry& e);
+  void ReadStrategyOverrides(const Entry& e);
   void ReadRoutingRules(const Entry& e);
   void ReadFunctionNames(const Entry& e, std::vector<std::string>* names);
 
@@ -744,10 +745,59 @@ void Loader::ReadRouting(const Entry& e) {
                 }},
                {"fallback_to_primary",
                 [&](const Entry& f) { Set(ReadBool(f), &routing.fallback_to_primary); }},
+               {"overrides", [&](const Entry& f) { ReadStrategyOverrides(f); }},
            });
 }
 
 // routing.rules: an ordered list of {match: REGEX, route: primary|replica}.
+// routing.overrides: [{database: D, user: U, application_name: A, strategy: S}], first match wins.
+void Loader::ReadStrategyOverrides(const Entry& e) {
+  VisitList(e, [&](const std::string& path, const YAML::Node& item) {
+    StrategyOverride o;
+    bool valid = true;
+    auto read = [&](std::string* out) {
+      return [&, out](const Entry& f) {
+        const std::optional<std::string> v = ReadString(f);
+        if (v) {
+          *out = *v;
+        } else {
+          valid = false;
+        }
+      };
+    };
+    const auto seen = VisitMap(
+        item, path, LineOf(item),
+        {
+            {"database", read(&o.database)},
+            {"user", read(&o.user)},
+            {"application_name", read(&o.application_name)},
+            {"strategy",
+             [&](const Entry& f) {
+               const std::optional<Strategy> s =
+                   ReadEnum(f, {Strategy::kLeader, Strategy::kFollower, Strategy::kReadYourWrites,
+                                Strategy::kQuorum});
+               if (s) {
+                 o.strategy = *s;
+               } else {
+                 valid = false;
+               }
+             }},
+        });
+    if (!seen) return;
+    if (!seen->contains("strategy")) {
+      Error(path + ".strategy", LineOf(item), "missing; an override needs a strategy");
+      valid = false;
+    }
+    if (!seen->contains("database") && !seen->contains("user") &&
+        !seen->contains("application_name")) {
+      Error(path, LineOf(item),
+            "needs at least one of database, user, application_name to match sessions by");
+      valid = false;
+    }
+    if (valid) config_.routing.overrides.push_back(std::move(o));
+  });
+}
+
 void Loader::ReadRoutingRules(const Entry& e) {
   VisitList(e, [&](const std::string& path, const YAML::Node& item) {
     RoutingRule rule;

@@ -169,6 +169,11 @@ awaitable<bool> ClientSession::StartupSteps() {
     co_return false;
   }
   if (database_.empty()) database_ = user_;
+  std::string_view application_name;
+  for (const auto& [name, value] : forwarded_params_) {
+    if (name == "application_name") application_name = value;
+  }
+  strategy_ = config_.StrategyFor(database_, user_, application_name);
   if (minor > 0 || !unknown_options.empty()) {
     // NegotiateProtocolVersion: we speak 3.0 and none of the requested protocol options.
     scratch_.clear();

@@ -60,6 +60,7 @@ class ClientSession {
     std::unordered_map<std::string, uint64_t> prepared;  // statement name -> definition id
     bool alive = true;
     bool reader_running = false;
+    std::string rewritten;  // a FATAL relayed as ERROR (see RewriteFatal)
   };
   // Extended-protocol messages since the last Sync, held until the batch can be routed whole.
   struct Batch {
@@ -136,6 +137,7 @@ class ClientSession {
   awaitable<void> ReadBackend(Backend* b);
   void OnGroupDone(Backend* b);
   void OnBackendLost(Backend* b, std::string_view why);
+  bool RewriteFatal(Backend* b, std::string_view message);
   awaitable<void> AnswerLost(Backend* b);
   // Session-state bookkeeping for a statement string just sent to `b` (session_effects.cc).
   void NoteStatementEffects(std::string_view sql, const routing::Classification& c, Backend* b);
@@ -169,6 +171,7 @@ class ClientSession {
   std::vector<std::string> unit_statements_;
   std::vector<std::string> unit_stale_;
   std::string outbox_;  // bytes for current_, written by Flush()
+  config::Strategy strategy_ = config::Strategy::kLeader;  // routing.strategy or an override
   char tx_status_ = 'I';
   bool tx_predicted_ = false;  // in a transaction once the sent units have run
   bool pinned_logged_ = false;

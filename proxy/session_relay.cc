@@ -327,7 +327,7 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
   if (in_tx && current_ && current_->alive) co_return current_;
 
   auto topology = ctx_.monitor->Snapshot();
-  routing::SessionRouting session{config_.strategy, state_.pinned(), state_.default_read_only()};
+  routing::SessionRouting session{strategy_, state_.pinned(), state_.default_read_only()};
   // Keep a pipelining client on its backend when that backend is as good a target.
   if (pending && current_->alive) {
     bool current_is_primary = current_->node == topology->primary;
@@ -474,7 +474,7 @@ void ClientSession::PushForward(Backend* b, const routing::UnitTraits& traits, b
                                   ? admin::StatementClass::kTransaction
                               : traits.write ? admin::StatementClass::kWrite
                                              : admin::StatementClass::kRead;
-  worker_.metrics->Inc(pm.statements.At(static_cast<size_t>(b->node), cls, config_.strategy));
+  worker_.metrics->Inc(pm.statements.At(static_cast<size_t>(b->node), cls, strategy_));
   if (traits.tx_after == routing::TxAfter::kInTransaction) tx_predicted_ = true;
   if (traits.tx_after == routing::TxAfter::kIdle) tx_predicted_ = false;
 }
@@ -598,6 +598,7 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
         corrupt = true;
         break;
       }
+      std::string_view piece = f.bytes;
       if (f.kind == FrameScanner::Kind::kWhole || f.first_piece) {
         Group* g = completed < b->pending.size() ? &b->pending[completed] : nullptr;
         if (g != nullptr) {
@@ -607,6 +608,10 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
             ++completed;
           } else if (f.type == 'E') {
             g->error = true;
+            if (g->forward && f.kind == FrameScanner::Kind::kWhole &&
+                RewriteFatal(b, f.bytes)) {
+              piece = b->rewritten;
+            }
           }
         } else {
           // Unsolicited: notifications, notices and parameter changes of the backend serving
@@ -621,7 +626,7 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
           }
         }
       }
-      if (forward_current) Gather(out, f.bytes);
+      if (forward_current) Gather(out, piece);
       in.Consume(f.bytes.size());
     }
     if (!out.empty() && !co_await WriteToClient(out)) co_return;
@@ -640,6 +645,21 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
     }
     in.Commit(n);
   }
+}
+
+bool ClientSession::RewriteFatal(Backend* b, std::string_view message) {
+  // A server ending its connection mid-statement (admin shutdown, crash) sends FATAL. Outside a
+  // transaction the session survives on a new connection, so the client must not read FATAL
+  // ("connection dead"): relay it as an ERROR that says what happened.
+  if (tx_status_ != 'I' || tx_predicted_) return false;
+  protocol::ErrorFields fields = protocol::ParseErrorFields(message.substr(5));
+  if (fields.severity != "FATAL" && fields.severity != "PANIC") return false;
+  b->rewritten.clear();
+  const std::string text = fields.message + " (pgrelay: the connection to node " +
+                           b->conn->node_name() + " ended; the session continues)";
+  protocol::AppendError(&b->rewritten, "ERROR", fields.code, text,
+                        "The statement may or may not have run; check before retrying.");
+  return true;
 }
 
 void ClientSession::OnBackendLost(Backend* b, std::string_view why) {
@@ -680,11 +700,16 @@ awaitable<void> ClientSession::AnswerLost(Backend* b) {
     // session goes on with the next statement on a fresh connection.
     reply_lost_.clear();
     uint32_t n = b->forward_pending;
-    for (uint32_t i = 0; i < n; ++i) {
-      protocol::AppendError(&reply_lost_, "ERROR", sqlstate::kConnectionFailure,
-                            "pgrelay lost the connection to node " + node +
-                                " while running the statement",
-                            "The statement may or may not have run; check before retrying.");
+    uint32_t i = 0;
+    for (const Group& g : b->pending) {
+      if (!g.forward) continue;
+      if (i++ == n) break;
+      if (!g.error) {
+        protocol::AppendError(&reply_lost_, "ERROR", sqlstate::kConnectionFailure,
+                              "pgrelay lost the connection to node " + node +
+                                  " while running the statement",
+                              "The statement may or may not have run; check before retrying.");
+      }
       protocol::AppendReadyForQuery(&reply_lost_, 'I');
     }
     worker_.in_flight[b->node] -= n;

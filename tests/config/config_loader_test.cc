@@ -819,3 +819,32 @@ TEST(ConfigAdminTest, TokenErrorsNeverShowTheToken) {
 
 }  // namespace
 }  // namespace pgrelay::config
+
+namespace pgrelay::config {
+namespace {
+
+TEST(ConfigRoutingTest, StrategyOverridesFirstMatchWins) {
+  auto r = LoadConfigString(
+      "nodes: [{name: a, host: h}]\nusers: [{name: u, password: p}]\n"
+      "routing:\n  strategy: follower\n  overrides:\n"
+      "    - {database: billing, strategy: leader}\n"
+      "    - {user: reporter, application_name: dash, strategy: quorum}\n");
+  ASSERT_TRUE(r.errors.empty()) << r.errors[0].ToString();
+  const Config& c = *r.config;
+  EXPECT_EQ(c.StrategyFor("billing", "u", ""), Strategy::kLeader);
+  EXPECT_EQ(c.StrategyFor("app", "reporter", "dash"), Strategy::kQuorum);
+  EXPECT_EQ(c.StrategyFor("app", "reporter", "other"), Strategy::kFollower);
+  EXPECT_EQ(c.StrategyFor("app", "u", "dash"), Strategy::kFollower);
+}
+
+TEST(ConfigRoutingTest, StrategyOverrideNeedsAMatcherAndAStrategy) {
+  auto r = LoadConfigString(
+      "nodes: [{name: a, host: h}]\nusers: [{name: u, password: p}]\n"
+      "routing:\n  overrides:\n    - {strategy: leader}\n    - {user: x}\n");
+  ASSERT_EQ(r.errors.size(), 2u);
+  EXPECT_EQ(r.errors[0].key, "routing.overrides[0]");
+  EXPECT_EQ(r.errors[1].key, "routing.overrides[1].strategy");
+}
+
+}  // namespace
+}  // namespace pgrelay::config

@@ -236,15 +236,25 @@ def test_primary_is_found_not_configured(make_pgrelay, cluster):
 
 
 def test_wal_receiver_status_hidden_without_pg_monitor(make_pgrelay, cluster):
-    # Default config: the probes log in as the app user, which lacks pg_monitor.
-    relay = make_pgrelay({"log": {"level": "debug"}})
-    r = wait_round(relay, lambda r: all(n["state"] == "up" for n in r["nodes"].values()), 10,
-                   "every node up")
-    assert r["primary"] == "pg1"
-    for name in ("pg2", "pg3"):
-        assert r["nodes"][name]["role"] == "replica"
-        assert r["nodes"][name]["streaming"] == "?"
-        assert r["nodes"][name]["replay"] != "0/0"
+    # The probes log in as a role made here without pg_monitor (the cluster grants it to its
+    # test users), so pg_stat_wal_receiver hides the status.
+    role, password = "health_nomon", "nomon-secret"
+    with superuser(cluster, cluster.primary_port) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    try:
+        relay = make_pgrelay({"log": {"level": "debug"},
+                              "backend": {"user": role, "password": password}})
+        r = wait_round(relay, lambda r: all(n["state"] == "up" for n in r["nodes"].values()), 20,
+                       "every node up")
+        assert r["primary"] == "pg1"
+        for name in ("pg2", "pg3"):
+            assert r["nodes"][name]["role"] == "replica"
+            assert r["nodes"][name]["streaming"] == "?"
+            assert r["nodes"][name]["replay"] != "0/0"
+    finally:
+        with superuser(cluster, cluster.primary_port) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 def test_paused_replay_shows_lag(make_pgrelay, cluster):

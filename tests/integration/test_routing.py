@@ -1023,3 +1023,28 @@ def test_psycopg_pipeline_interleaved_insert_select(follower, cluster, objects):
                 if kind == "write":
                     assert row[1] == cluster.primary_port
     assert primary_count(cluster, objects, f"v BETWEEN {base} AND {base + 89}") == 45
+
+
+# --- Per-session strategy overrides -------------------------------------------------------------
+
+def test_strategy_override_by_application_name(make_pgrelay, cluster):
+    """routing.overrides: a session whose application_name matches runs `leader`; others follow."""
+    relay = make_pgrelay({"routing": {"strategy": "follower", "overrides": [
+        {"application_name": "pinned_app", "strategy": "leader"}]}})
+    with relay.connect(autocommit=True, application_name="pinned_app") as conn:
+        counts = count_ports(conn, 50)
+    assert set(counts) == {cluster.primary_port}, f"override to leader ignored: {counts}"
+    with relay.connect(autocommit=True, application_name="someone_else") as conn:
+        counts = count_ports(conn, 50)
+    assert cluster.primary_port not in counts, f"follower session read on the primary: {counts}"
+
+
+def test_strategy_override_by_user_and_database(make_pgrelay, cluster):
+    """An override matching another user leaves the app user's sessions on the default strategy,
+    and one matching the app user and database applies."""
+    relay = make_pgrelay({"routing": {"strategy": "leader", "overrides": [
+        {"user": "nobody_else", "strategy": "follower"},
+        {"user": cluster.app_user, "database": cluster.database, "strategy": "follower"}]}})
+    with relay.connect(autocommit=True) as conn:
+        counts = count_ports(conn, 50)
+    assert cluster.primary_port not in counts, f"override to follower ignored: {counts}"
