@@ -41,7 +41,7 @@ trap cleanup EXIT
 free_port() {
   /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
-start_relay() {  # strategy -> prints the port
+start_relay() {  # strategy -> sets relay_port (no command substitution: pgrelay runs on)
   local strategy=$1 port admin
   port=$(free_port); admin=$(free_port)
   cat >"$work/$strategy.yaml" <<YAML
@@ -55,13 +55,13 @@ routing: {strategy: $strategy}
 admin: {listen: 127.0.0.1:$admin}
 log: {level: warning}
 YAML
-  "$bin" --config "$work/$strategy.yaml" 2>"$work/$strategy.log" &
+  "$bin" --config "$work/$strategy.yaml" >/dev/null 2>"$work/$strategy.log" &
   pids+=($!)
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-  echo "$port"
+  relay_port=$port
 }
-leader_port=$(start_relay leader)
-follower_port=$(start_relay follower)
+start_relay leader; leader_port=$relay_port
+start_relay follower; follower_port=$relay_port
 
 export PGPASSWORD=$PGRELAY_PG_APP_PASSWORD
 if ! psql -h 127.0.0.1 -p "$PGRELAY_PG_PRIMARY_PORT" -U "$PGRELAY_PG_APP_USER" -Atc \
