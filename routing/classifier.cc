@@ -124,15 +124,6 @@ Constant ConstantOf(const json::value& v) {
   return c;
 }
 
-char Lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-bool EqualsIgnoreCase(std::string_view a, std::string_view lower) {
-  if (a.size() != lower.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (Lower(a[i]) != lower[i]) return false;
-  }
-  return true;
-}
-
 // PostgreSQL's parse_bool: true/false/yes/no/on/off/1/0 and unique prefixes of the words.
 std::optional<bool> ParseBool(std::string_view s) {
   while (!s.empty() && s.front() == ' ') s.remove_prefix(1);

@@ -67,15 +67,6 @@ bool IsIdentStart(char c) { return Is(c, kIdentStart); }
 bool IsIdentChar(char c) { return Is(c, kIdentChar); }
 bool IsDigit(char c) { return Is(c, kDigit); }
 bool IsOperatorChar(char c) { return Is(c, kOperatorChar); }
-char Lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool EqualsIgnoreCase(std::string_view a, std::string_view lower) {
-  if (a.size() != lower.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (Lower(a[i]) != lower[i]) return false;
-  }
-  return true;
-}
 
 // [begin, end) of the keywords starting with each letter (the list is sorted).
 struct KeywordIndex {
@@ -482,6 +473,16 @@ class Precheck {
 };
 
 }  // namespace
+
+char Lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+
+bool EqualsIgnoreCase(std::string_view a, std::string_view lower) {
+  if (a.size() != lower.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (Lower(a[i]) != lower[i]) return false;
+  }
+  return true;
+}
 
 Hint FindCommentHint(std::string_view sql) {
   if (!MentionsPgrelay(sql)) return Hint::kNone;

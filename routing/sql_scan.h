@@ -32,6 +32,10 @@ bool PrecheckSimple(std::string_view sql, bool simple_operators_safe, Classifica
 // writes its output recursively (about 130 bytes of stack per level); strings whose bound is
 // above kMaxParseDepth are not parsed (they go to the primary, flagged kTooDeep).
 size_t EstimateParseDepth(std::string_view sql);
+// ASCII lower case of c; whether `a` equals `lower` (already lower case) ignoring ASCII case.
+char Lower(char c);
+bool EqualsIgnoreCase(std::string_view a, std::string_view lower);
+
 constexpr size_t kMaxParseDepth = 4000;
 // Strings up to this size have fewer tokens than kMaxParseDepth: no estimate needed.
 constexpr size_t kParseDepthCheckMinSize = 4000;
