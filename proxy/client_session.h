@@ -174,7 +174,6 @@ class ClientSession {
   config::Strategy strategy_ = config::Strategy::kLeader;  // routing.strategy or an override
   char tx_status_ = 'I';
   bool tx_predicted_ = false;  // in a transaction once the sent units have run
-  bool pinned_logged_ = false;
   bool ending_ = false;
   int readers_ = 0;
   Signal switch_signal_;  // a backend's forwarded replies all reached the client

@@ -1,5 +1,7 @@
 // Session-state bookkeeping of ClientSession: what a statement string did to the session's
 // settings, prepared statements and pins, so other backends can be brought to the same state.
+#include <optional>
+
 #include "config/log.h"
 #include "proxy/client_session.h"
 
@@ -88,19 +90,28 @@ void ClientSession::NoteStatementEffects(std::string_view sql, const routing::Cl
     DropOtherBackends(b);
     PGRELAY_LOG(kDebug, "session", "client " << peer_ << ": DISCARD ALL, session unpinned");
   }
-  if (c.Has(Flag::kCreateTemp)) state_.Pin("temporary objects");
-  if (c.Has(Flag::kSessionAdvisoryLock)) state_.Pin("session advisory lock");
-  if (c.Has(Flag::kListen)) state_.Pin("LISTEN");
-  if (c.Has(Flag::kDeclareCursorWithHold)) state_.Pin("WITH HOLD cursor");
-  if (c.Has(Flag::kLoad)) state_.Pin("LOAD");
+  const bool was_pinned = state_.pinned();
+  std::optional<admin::PinReason> first_reason;
+  auto pin = [&](std::string_view reason, admin::PinReason metric) {
+    state_.Pin(reason);
+    if (!first_reason) first_reason = metric;
+  };
+  if (c.Has(Flag::kCreateTemp)) pin("temporary objects", admin::PinReason::kTemporaryObjects);
+  if (c.Has(Flag::kSessionAdvisoryLock)) {
+    pin("session advisory lock", admin::PinReason::kAdvisoryLock);
+  }
+  if (c.Has(Flag::kListen)) pin("LISTEN", admin::PinReason::kListen);
+  if (c.Has(Flag::kDeclareCursorWithHold)) {
+    pin("WITH HOLD cursor", admin::PinReason::kWithHoldCursor);
+  }
+  if (c.Has(Flag::kLoad)) pin("LOAD", admin::PinReason::kLoad);
   if (settings_changed && !tx_predicted_) b->state_version = state_.settings_version();
-  if (state_.pinned() && !pinned_logged_) {
-    pinned_logged_ = true;
-    ++worker_.pins;
+  if (state_.pinned() && !was_pinned && first_reason) {
+    // Counted once per pin: a session unpinned (DISCARD ALL, UNLISTEN *) and pinned again
+    // counts again.
+    worker_.metrics->Inc(ctx_.metrics->sessions_pinned.At(*first_reason));
     PGRELAY_LOG(kInfo, "session", "client " << peer_ << " pinned to the primary by "
                                             << state_.pins().front());
-  } else if (!state_.pinned()) {
-    pinned_logged_ = false;
   }
 }
 

@@ -20,7 +20,6 @@ struct WorkerContext {
   routing::Classifier classifier;
   routing::Router router;
   std::vector<uint32_t> in_flight;  // statements outstanding per node, from this worker
-  uint64_t pins = 0;                // sessions pinned to the primary (counted once each)
   admin::Shard* metrics = nullptr;  // this worker's metrics shard (written by this thread only)
 };
 

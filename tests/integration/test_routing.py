@@ -823,6 +823,31 @@ def test_session_advisory_lock_pins(follower, cluster):
         assert conn.execute("SELECT pg_advisory_unlock(%s)", (key,)).fetchone() == (True,)
 
 
+def pinned_total(relay, reason: str) -> float:
+    """pgrelay_sessions_pinned_total{reason=...} from the admin endpoint's /metrics."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{relay.admin_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(f'pgrelay_sessions_pinned_total{{reason="{reason}"}} '):
+            return float(line.split()[-1])
+    raise AssertionError(f"no pgrelay_sessions_pinned_total for reason {reason} in /metrics")
+
+
+def test_pins_are_counted_by_reason(follower, cluster):
+    before_temp, before_listen = pinned_total(follower, "temporary_objects"), pinned_total(follower, "listen")
+    with follower.connect(autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE rt_pin_count(x int)")
+        conn.execute("CREATE TEMP TABLE rt_pin_count2(x int)")  # already pinned: not counted again
+        assert port_of(conn) == cluster.primary_port
+    with follower.connect(autocommit=True) as conn:
+        conn.execute("LISTEN rt_pin_chan")
+        conn.execute("UNLISTEN *")
+        conn.execute("LISTEN rt_pin_chan")  # unpinned in between: a second pin
+    assert pinned_total(follower, "temporary_objects") == before_temp + 1
+    assert pinned_total(follower, "listen") == before_listen + 2
+
+
 def test_listen_receives_notify_from_other_session(follower, cluster):
     channel = unique("rtchan")
     with follower.connect(autocommit=True) as listener, follower.connect(autocommit=True) as notifier:
