@@ -101,6 +101,10 @@ struct RoutingConfig {
   // high after idle periods, so the byte bound is the reliable one).
   std::chrono::milliseconds max_lag{0};
   bool fallback_to_primary = true;           // no eligible replica: read on the primary
+  // Consistency strategies: how long a read may wait for a replica to replay what it must see
+  // before it goes to the primary (routing.ryw.max_wait, routing.quorum.max_wait; 0 = no wait).
+  std::chrono::milliseconds ryw_max_wait{20};
+  std::chrono::milliseconds quorum_max_wait{20};
   std::vector<StrategyOverride> overrides;
 };
 

@@ -224,6 +224,7 @@ class Loader {
                                        std::string_view form, uint64_t min, uint64_t max,
                                        std::string_view range);
   std::optional<milliseconds> ReadDuration(const Entry& e, bool zero_means_off = false);
+  void ReadMaxWait(const Entry& e, milliseconds* out);
   std::optional<uint32_t> ReadSize(const Entry& e);
   template <typename E>
   std::optional<E> ReadEnum(const Entry& e, std::initializer_list<E> values);
@@ -746,6 +747,17 @@ void Loader::ReadRouting(const Entry& e) {
                {"fallback_to_primary",
                 [&](const Entry& f) { Set(ReadBool(f), &routing.fallback_to_primary); }},
                {"overrides", [&](const Entry& f) { ReadStrategyOverrides(f); }},
+               {"ryw", [&](const Entry& f) { ReadMaxWait(f, &routing.ryw_max_wait); }},
+               {"quorum", [&](const Entry& f) { ReadMaxWait(f, &routing.quorum_max_wait); }},
+           });
+}
+
+// routing.ryw / routing.quorum: {max_wait: DURATION} (0 allowed: never wait).
+void Loader::ReadMaxWait(const Entry& e, milliseconds* out) {
+  VisitMap(e.value, e.path, e.line,
+           {
+               {"max_wait",
+                [&](const Entry& f) { Set(ReadDuration(f, /*zero_means_off=*/true), out); }},
            });
 }
 

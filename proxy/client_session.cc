@@ -7,6 +7,7 @@
 #include <variant>
 
 #include "config/log.h"
+#include "proxy/pgrelay_settings.h"
 #include "proxy/protocol/crypto_util.h"
 #include "proxy/protocol/md5_auth.h"
 #include "proxy/protocol/messages.h"
@@ -42,7 +43,9 @@ ClientSession::ClientSession(tcp::socket socket, ServerContext& context, WorkerC
       client_stream_(client_, client_buf_),
       switch_signal_(client_.get_executor()),
       readers_done_(client_.get_executor()),
-      client_write_free_(client_.get_executor()) {
+      client_write_free_(client_.get_executor()),
+      self_(std::make_shared<ClientSession*>(this)),
+      lsn_timer_(client_.get_executor()) {
   backends_.resize(config_.nodes.size());
   peer_ = PeerName(client_);
   error_code ignored;
@@ -57,6 +60,7 @@ ClientSession::~ClientSession() {
 void ClientSession::CloseAll() {
   error_code ignored;
   client_.close(ignored);
+  lsn_timer_.cancel();
   for (auto& b : backends_) {
     if (b) b->conn->socket().close(ignored);
   }
@@ -145,6 +149,7 @@ awaitable<bool> ClientSession::StartupSteps() {
     co_return false;
   }
   std::vector<std::string> unknown_options;
+  std::vector<std::pair<std::string, std::string>> own_settings;  // pgrelay.*: never forwarded
   for (auto& [name, value] : packet.params) {
     if (name == "user") {
       user_ = value;
@@ -159,8 +164,22 @@ awaitable<bool> ClientSession::StartupSteps() {
                            "Connect replication clients to a PostgreSQL node directly.");
         co_return false;
       }
+    } else if (name.starts_with("pgrelay.")) {
+      own_settings.emplace_back(name, value);
+    } else if (name == "options") {
+      for (auto& setting : ExtractPgrelayOptions(&value)) own_settings.push_back(std::move(setting));
+      if (!value.empty()) forwarded_params_.emplace_back(name, value);
     } else {
       forwarded_params_.emplace_back(name, value);
+    }
+  }
+  for (const auto& [name, value] : own_settings) {
+    const std::string error = SetPgrelaySetting(name, value);
+    if (!error.empty()) {
+      co_await SendFatal(name == kMinLsnSetting ? sqlstate::kInvalidParameterValue
+                                                : sqlstate::kUndefinedObject,
+                         error);
+      co_return false;
     }
   }
   if (user_.empty()) {

@@ -45,6 +45,7 @@ class ClientSession {
   struct Group {
     bool forward = true;  // false: pgrelay's own request (state replay), swallowed
     bool commit = false;  // the unit commits a transaction
+    bool write = false;   // the unit writes (routed to the primary)
     bool error = false;   // an ErrorResponse was among the replies
     char status_before = 'I';
     char status_after = 'I';
@@ -148,6 +149,36 @@ class ClientSession {
   static bool HasEffects(const routing::Classification& c);
   void DropOtherBackends(Backend* keep);
 
+  // Consistency strategies: read-your-writes and quorum (session_consistency.cc).
+  bool Consistent() const {
+    return strategy_ == config::Strategy::kReadYourWrites ||
+           strategy_ == config::Strategy::kQuorum;
+  }
+  // Routes a read that may go to a replica under read-your-writes / quorum: only to a replica
+  // that has replayed what the read must see, waiting up to max_wait for one, else the primary.
+  awaitable<routing::RouteResult> RouteConsistent(const routing::UnitTraits& traits,
+                                                  const routing::SessionRouting& session,
+                                                  std::shared_ptr<const health::Topology>* topology);
+  // Quorum's read index: the primary's WAL LSN read after `arrived`; 0 if it cannot be had.
+  awaitable<uint64_t> ReadIndex(std::chrono::steady_clock::time_point arrived);
+  awaitable<void> WaitLsn(std::chrono::steady_clock::time_point deadline);
+  void WakeLsn();
+  // A write of this session committed (ReadyForQuery back to idle after a write).
+  void NoteCommit();
+  void RequestCommitLsn();
+  void OnCommitLsn(std::chrono::steady_clock::time_point since, uint64_t lsn);
+  // Takes the commit's LSN from the tracker if a probe sent after the commit has returned.
+  void ResolveCommit();
+  void QueueCausalStatus();
+  void FillReplayView(const health::Topology& topology);
+  // SHOW / SET / RESET of pgrelay.* (pgrelay_settings.h); true if `sql` was one and answered.
+  awaitable<bool> HandlePgrelayCommand(std::string_view sql, const routing::Classification& c);
+  // Applies a pgrelay.* setting; an error message if the value is not valid.
+  std::string SetPgrelaySetting(std::string_view name, std::string_view value);
+  // Answers a locally handled statement: `messages` then ReadyForQuery, in order with the
+  // replies still owed by backends.
+  awaitable<void> RespondLocal(std::string_view messages);
+
   ServerContext& ctx_;
   const config::Config& config_;
   WorkerContext& worker_;
@@ -185,6 +216,21 @@ class ClientSession {
   std::string reply_;
   std::string reply_lost_;
   std::string scratch_;
+
+  // Consistency state (session_consistency.cc).
+  uint64_t causal_lsn_ = 0;           // covers the session's acknowledged writes
+  uint64_t min_lsn_ = 0;              // pgrelay.min_lsn: a causal token from another session
+  uint32_t writes_in_flight_ = 0;     // write units sent whose ReadyForQuery has not come back
+  bool wrote_ = false;                // a write ran since the session was last idle
+  bool commit_unresolved_ = false;    // a write committed; no LSN probe after it returned yet
+  bool commit_probe_outstanding_ = false;
+  std::chrono::steady_clock::time_point commit_time_{};
+  std::shared_ptr<ClientSession*> self_;  // callbacks from other threads hold a weak_ptr
+  asio::steady_timer lsn_timer_;
+  bool lsn_waiting_ = false;
+  std::string status_pending_;  // ParameterStatus pgrelay.causal_lsn for the next boundary
+  std::string status_sending_;  // ... being written to the client
+  std::vector<uint64_t> replay_view_;
 };
 
 }  // namespace pgrelay::proxy

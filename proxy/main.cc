@@ -7,6 +7,7 @@
 #include "config/config_loader.h"
 #include "config/log.h"
 #include "health/catalog_refresher.h"
+#include "health/lsn_tracker.h"
 #include "health/monitor.h"
 #include "proxy/admin/admin_server.h"
 #include "proxy/admin/proxy_metrics.h"
@@ -74,6 +75,8 @@ int main(int argc, char** argv) {
   monitor.Start();
   pgrelay::health::CatalogRefresher catalog(result.config, &monitor);
   catalog.Start();
+  pgrelay::health::LsnTracker lsn(result.config, &monitor);
+  lsn.Start();
   const auto& config = *result.config;
   pgrelay::admin::ProxyMetrics metrics(config, pgrelay::proxy::Server::WorkerCount(config),
                                        [&monitor] { return monitor.Snapshot(); });
@@ -96,10 +99,11 @@ int main(int argc, char** argv) {
   }
   int rc = 0;
   {
-    pgrelay::proxy::Server server(result.config, &monitor, &catalog, &metrics);
+    pgrelay::proxy::Server server(result.config, &monitor, &catalog, &lsn, &metrics);
     rc = server.Run();
   }
   admin.Stop();
+  lsn.Stop();
   catalog.Stop();
   monitor.Stop();
   return rc;

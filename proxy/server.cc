@@ -78,9 +78,10 @@ struct Server::Impl {
   std::vector<std::unique_ptr<Worker>> workers;
 
   Impl(std::shared_ptr<const config::Config> c, health::Monitor* m, health::CatalogRefresher* f,
-       admin::ProxyMetrics* pm)
+       health::LsnTracker* lsn, admin::ProxyMetrics* pm)
       : config(std::move(c)), monitor(m), auth(*config) {
     context.metrics = pm;
+    context.lsn = lsn;
     context.config = config;
     context.monitor = monitor;
     context.catalog = f;
@@ -110,8 +111,9 @@ struct Server::Impl {
 };
 
 Server::Server(std::shared_ptr<const config::Config> config, health::Monitor* monitor,
-               health::CatalogRefresher* catalog, admin::ProxyMetrics* metrics)
-    : impl_(std::make_unique<Impl>(std::move(config), monitor, catalog, metrics)) {}
+               health::CatalogRefresher* catalog, health::LsnTracker* lsn,
+               admin::ProxyMetrics* metrics)
+    : impl_(std::make_unique<Impl>(std::move(config), monitor, catalog, lsn, metrics)) {}
 
 int Server::WorkerCount(const config::Config& config) {
   return config.workers > 0 ? config.workers

@@ -6,6 +6,7 @@
 
 #include "config/config.h"
 #include "health/catalog_refresher.h"
+#include "health/lsn_tracker.h"
 #include "health/monitor.h"
 #include "proxy/admin/proxy_metrics.h"
 
@@ -14,7 +15,7 @@ namespace pgrelay::proxy {
 class Server {
  public:
   Server(std::shared_ptr<const config::Config> config, health::Monitor* monitor,
-         health::CatalogRefresher* catalog, admin::ProxyMetrics* metrics);
+         health::CatalogRefresher* catalog, health::LsnTracker* lsn, admin::ProxyMetrics* metrics);
   // The number of worker threads the config asks for (0 = one per core).
   static int WorkerCount(const config::Config& config);
   ~Server();

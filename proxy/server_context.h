@@ -8,6 +8,7 @@
 
 #include "config/config.h"
 #include "health/catalog_refresher.h"
+#include "health/lsn_tracker.h"
 #include "health/monitor.h"
 #include "proxy/admin/proxy_metrics.h"
 #include "proxy/auth_directory.h"
@@ -19,6 +20,7 @@ struct ServerContext {
   std::shared_ptr<const config::Config> config;
   const health::Monitor* monitor = nullptr;
   health::CatalogRefresher* catalog = nullptr;  // function volatility for the classifiers
+  health::LsnTracker* lsn = nullptr;  // fresh WAL positions for read-your-writes / quorum
   admin::ProxyMetrics* metrics = nullptr;
   const AuthDirectory* auth = nullptr;
   CancelRegistry* cancels = nullptr;

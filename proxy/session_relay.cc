@@ -147,6 +147,7 @@ awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) 
       if (!batch_.empty()) co_await SendBatch(/*final=*/false, /*forced=*/true);
       std::string_view sql = r.CString();
       routing::Classification c = worker_.classifier.Classify(sql);
+      if (co_await HandlePgrelayCommand(sql, c)) co_return !ending_;
       routing::UnitTraits traits = TraitsOf(c);
       unit_statements_.clear();
       unit_stale_.clear();
@@ -325,11 +326,15 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
   bool pending = current_ && current_->forward_pending > 0;
   bool in_tx = pending ? tx_predicted_ : tx_status_ != 'I';
   if (in_tx && current_ && current_->alive) co_return current_;
+  // Read-your-writes and quorum: a read pipelined behind the session's own writes runs after
+  // them, where they run.
+  if (Consistent() && writes_in_flight_ > 0 && current_ && current_->alive) co_return current_;
 
   auto topology = ctx_.monitor->Snapshot();
   routing::SessionRouting session{strategy_, state_.pinned(), state_.default_read_only()};
-  // Keep a pipelining client on its backend when that backend is as good a target.
-  if (pending && current_->alive) {
+  // Keep a pipelining client on its backend when that backend is as good a target (not under
+  // quorum: every read needs its own read index).
+  if (pending && current_->alive && strategy_ != config::Strategy::kQuorum) {
     bool current_is_primary = current_->node == topology->primary;
     bool needs_primary = worker_.router.NeedsPrimary(traits, session);
     if (current_is_primary ? needs_primary
@@ -338,7 +343,12 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
       co_return current_;
     }
   }
-  routing::RouteResult route = worker_.router.Route(traits, session, *topology, worker_.in_flight);
+  routing::RouteResult route;
+  if (Consistent() && !worker_.router.NeedsPrimary(traits, session)) {
+    route = co_await RouteConsistent(traits, session, &topology);
+  } else {
+    route = worker_.router.Route(traits, session, *topology, worker_.in_flight);
+  }
   if (route.fell_back) worker_.metrics->Inc(ctx_.metrics->reads_fallback_primary.At());
   Backend* b = nullptr;
   if (route.node >= 0) {
@@ -464,6 +474,8 @@ void ClientSession::PushForward(Backend* b, const routing::UnitTraits& traits, b
   g.sent = std::chrono::steady_clock::now();
   g.forward = true;
   g.commit = traits.commits;
+  g.write = traits.write;
+  if (g.write) ++writes_in_flight_;
   g.status_before = tx_status_;
   b->pending.push_back(g);
   ++b->forward_pending;
@@ -558,6 +570,14 @@ void ClientSession::OnGroupDone(Backend* b) {
   if (before != 'I' && tx_status_ == 'I') {
     state_.EndTransaction(g.commit && before == 'T' && !g.error);
   }
+  if (g.write) {
+    --writes_in_flight_;
+    wrote_ = true;
+  }
+  if (wrote_ && tx_status_ == 'I') {
+    wrote_ = false;
+    if (Consistent()) NoteCommit();
+  }
   if (b->forward_pending == 0) {
     tx_predicted_ = tx_status_ != 'I';
     switch_signal_.Notify();
@@ -583,6 +603,7 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
   std::vector<asio::const_buffer> out;
   out.reserve(16);
   bool forward_current = false;  // decision for the message being streamed
+  bool sent_status = false;      // status_sending_ is in `out`
   for (;;) {
     out.clear();
     size_t completed = 0;  // groups whose ReadyForQuery is in this chunk
@@ -626,10 +647,22 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
           }
         }
       }
+      if (forward_current && f.type == 'Z' && f.kind == FrameScanner::Kind::kWhole &&
+          !status_pending_.empty() && status_sending_.empty()) {
+        // A ParameterStatus pgrelay has to tell (pgrelay.causal_lsn) goes at a message
+        // boundary: before this ReadyForQuery.
+        status_sending_.swap(status_pending_);
+        Gather(out, status_sending_);
+        sent_status = true;
+      }
       if (forward_current) Gather(out, piece);
       in.Consume(f.bytes.size());
     }
     if (!out.empty() && !co_await WriteToClient(out)) co_return;
+    if (sent_status) {
+      status_sending_.clear();
+      sent_status = false;
+    }
     for (size_t i = 0; i < completed; ++i) OnGroupDone(b);
     if (corrupt) {
       OnBackendLost(b, "sent a malformed message");
@@ -701,9 +734,14 @@ awaitable<void> ClientSession::AnswerLost(Backend* b) {
     reply_lost_.clear();
     uint32_t n = b->forward_pending;
     uint32_t i = 0;
+    bool lost_write = false;
     for (const Group& g : b->pending) {
       if (!g.forward) continue;
       if (i++ == n) break;
+      if (g.write) {
+        --writes_in_flight_;
+        lost_write = true;
+      }
       if (!g.error) {
         protocol::AppendError(&reply_lost_, "ERROR", sqlstate::kConnectionFailure,
                               "pgrelay lost the connection to node " + node +
@@ -713,6 +751,9 @@ awaitable<void> ClientSession::AnswerLost(Backend* b) {
       protocol::AppendReadyForQuery(&reply_lost_, 'I');
     }
     worker_.in_flight[b->node] -= n;
+    // A write whose outcome is unknown may have committed: later reads must see it if it did.
+    if ((lost_write || wrote_) && Consistent()) NoteCommit();
+    wrote_ = false;
     b->forward_pending = 0;
     b->pending.clear();
     tx_status_ = 'I';

@@ -1,5 +1,7 @@
 #include "routing/router.h"
 
+#include <algorithm>
+
 namespace pgrelay::routing {
 
 UnitTraits TraitsOf(const Classification& c) {
@@ -53,13 +55,27 @@ bool Router::EligibleReplica(const health::Topology& topology, int i) const {
                                   config_.routing.max_lag);
 }
 
+bool Router::Replayed(const health::Topology& topology, int i, const LsnBound* bound) {
+  if (bound == nullptr || bound->min_lsn == 0) return true;
+  uint64_t replay = topology.nodes[i].replay_lsn;
+  if (static_cast<size_t>(i) < bound->replay_lsn.size()) {
+    replay = std::max(replay, bound->replay_lsn[i]);
+  }
+  return replay >= bound->min_lsn;
+}
+
 RouteResult Router::Route(const UnitTraits& unit, const SessionRouting& session,
-                          const health::Topology& topology, std::span<const uint32_t> in_flight) {
+                          const health::Topology& topology, std::span<const uint32_t> in_flight,
+                          const LsnBound* bound) {
   RouteResult r;
   if (!NeedsPrimary(unit, session)) {
     candidates_.clear();
     for (int i : topology.replicas) {
       if (!EligibleReplica(topology, i)) continue;
+      if (!Replayed(topology, i, bound)) {
+        r.behind = true;
+        continue;
+      }
       candidates_.push_back(Candidate{i, config_.nodes[i].weight,
                                       static_cast<size_t>(i) < in_flight.size() ? in_flight[i] : 0});
     }

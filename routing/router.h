@@ -47,10 +47,19 @@ struct SessionRouting {
   bool default_read_only = false;  // default_transaction_read_only is on
 };
 
+// The consistency strategies: a read may only go to a replica that has replayed `min_lsn`.
+// `replay_lsn` (indexed like topology.nodes) is the freshest replay LSN known per node; the
+// topology's own is used where it is larger.
+struct LsnBound {
+  uint64_t min_lsn = 0;
+  std::span<const uint64_t> replay_lsn;
+};
+
 struct RouteResult {
   int node = -1;           // index into topology.nodes; -1: no node (see error)
   bool to_primary = false;
   bool fell_back = false;  // a read went to the primary because no replica was eligible
+  bool behind = false;     // ... and some replica was eligible but had not replayed min_lsn
   const char* error = nullptr;
 };
 
@@ -59,12 +68,15 @@ class Router {
   explicit Router(const config::Config& config);
 
   RouteResult Route(const UnitTraits& unit, const SessionRouting& session,
-                    const health::Topology& topology, std::span<const uint32_t> in_flight);
+                    const health::Topology& topology, std::span<const uint32_t> in_flight,
+                    const LsnBound* bound = nullptr);
 
   // Whether the unit must (or may only) run on the primary for this session.
   bool NeedsPrimary(const UnitTraits& unit, const SessionRouting& session) const;
   // Whether node i may serve reads now (up, a replica, within the lag bounds, weight > 0).
   bool EligibleReplica(const health::Topology& topology, int i) const;
+  // Whether node i has replayed bound.min_lsn (true without a bound).
+  static bool Replayed(const health::Topology& topology, int i, const LsnBound* bound);
 
  private:
   const config::Config& config_;

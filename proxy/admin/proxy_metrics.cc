@@ -195,6 +195,11 @@ ProxyMetrics::ProxyMetrics(const config::Config& config, size_t workers, Topolog
       "pgrelay_consistency_fallbacks_total",
       "Reads sent to the primary because no replica was known to be consistent, by strategy.",
       {consistency});
+  consistency_wait_duration = r.AddHistogram(
+      "pgrelay_consistency_wait_seconds",
+      "How long reads that waited for a consistent replica waited (wherever they ran then), by "
+      "strategy.",
+      kLatencyBuckets, {consistency});
   health_probe_failures =
       r.AddCounter("pgrelay_health_probe_failures_total", "Failed health probes, by node.", {node});
   failovers = r.AddCounter("pgrelay_failovers_total", "Promotions pgrelay carried out.");

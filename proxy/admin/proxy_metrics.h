@@ -110,6 +110,7 @@ class ProxyMetrics {
   CounterFamily classifier_cache_misses;  // pgrelay_classifier_cache_misses_total
   CounterFamily consistency_waits;        // pgrelay_consistency_waits_total{strategy}
   CounterFamily consistency_fallbacks;    // pgrelay_consistency_fallbacks_total{strategy}
+  HistogramFamily consistency_wait_duration;  // pgrelay_consistency_wait_seconds{strategy}
   CounterFamily health_probe_failures;    // pgrelay_health_probe_failures_total{node}
   CounterFamily failovers;                // pgrelay_failovers_total
   GaugeFamily last_failover_duration;     // pgrelay_last_failover_duration_seconds (Set)
