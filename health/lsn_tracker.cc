@@ -216,12 +216,14 @@ class LsnTracker::Impl {
   }
 
   asio::awaitable<void> ProbeReplica(size_t i, NodeStatus node) {
+    const int64_t sent = Ticks(Clock::now());
     const uint64_t lsn = co_await Ask(*replicas_[i], replica_targets_[i], node, kReplaySql);
     if (lsn != 0) {
       std::atomic<uint64_t>& slot = owner_->replay_[i];
       uint64_t old = slot.load(std::memory_order_relaxed);
       while (lsn > old && !slot.compare_exchange_weak(old, lsn, std::memory_order_release)) {
       }
+      owner_->replay_at_[i].store(sent, std::memory_order_release);
     }
     ReplicaDone();
   }
@@ -263,6 +265,7 @@ class LsnTracker::Impl {
 
 LsnTracker::LsnTracker(std::shared_ptr<const config::Config> config, const Monitor* monitor)
     : replay_(std::make_unique<std::atomic<uint64_t>[]>(config->nodes.size())),
+      replay_at_(std::make_unique<std::atomic<int64_t>[]>(config->nodes.size())),
       impl_(std::make_unique<Impl>(this, std::move(config), monitor)) {}
 
 LsnTracker::~LsnTracker() { Stop(); }
@@ -284,6 +287,10 @@ void LsnTracker::RequestPrimaryLsn(Clock::time_point since,
 
 uint64_t LsnTracker::ReplayLsn(size_t i) const {
   return replay_[i].load(std::memory_order_acquire);
+}
+
+LsnTracker::Clock::time_point LsnTracker::ReplayAnsweredSince(size_t i) const {
+  return Clock::time_point(Clock::duration(replay_at_[i].load(std::memory_order_acquire)));
 }
 
 void LsnTracker::RequestReplayLsns(const boost::asio::any_io_executor& executor,

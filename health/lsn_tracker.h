@@ -54,6 +54,9 @@ class LsnTracker {
   // The newest replay LSN an on-demand probe saw on node i (config order); 0 if none yet.
   // Combine with the monitor's snapshot (take the larger).
   uint64_t ReplayLsn(size_t i) const;
+  // When the probe that last answered on node i was sent; {} if none. An answer sent after a
+  // moment proves the node had replayed ReplayLsn(i) at least by then.
+  Clock::time_point ReplayAnsweredSince(size_t i) const;
   // Asks for a round of replay-LSN probes on the replicas; `done` is posted to `executor` when
   // the round has ended (every replica answered or timed out).
   void RequestReplayLsns(const boost::asio::any_io_executor& executor, ReplayCallback done);
@@ -68,6 +71,7 @@ class LsnTracker {
   std::atomic<uint64_t> primary_lsn_{0};
   std::atomic<int64_t> primary_sent_{0};  // Clock ticks when the probe that read it was sent
   std::unique_ptr<std::atomic<uint64_t>[]> replay_;
+  std::unique_ptr<std::atomic<int64_t>[]> replay_at_;  // Clock ticks
   std::atomic<uint64_t> primary_probes_{0};
   std::atomic<uint64_t> replay_rounds_{0};
   std::unique_ptr<Impl> impl_;

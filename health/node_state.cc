@@ -106,6 +106,9 @@ void NodeState::Fill(NodeStatus* status) const {
   status->replay_lsn = sample_.replay_lsn;
   status->timeline = sample_.timeline;
   status->replay_paused = sample_.replay_paused;
+  status->synchronous_standby_names = sample_.synchronous_standby_names;
+  status->synchronous_commit = sample_.synchronous_commit;
+  status->standby_name = sample_.standby_name;
   status->wal_receiver_streaming = sample_.WalReceiverStreaming();
   status->replay_lag_seconds = sample_.replay_lag_seconds;
   status->replay_lag_bytes.reset();

@@ -8,7 +8,9 @@
 namespace pgrelay::health {
 
 // Columns: in_recovery, current_lsn, receive_lsn, replay_lsn, replay_lag_seconds,
-// wal_receiver_status, timeline, replay_paused. pg_current_wal_lsn() and pg_walfile_name() fail
+// wal_receiver_status, timeline, replay_paused, synchronous_standby_names, synchronous_commit,
+// standby_name (a replica's name for synchronous_standby_names: the application_name in its
+// primary_conninfo if the probe role may read it, else cluster_name, else "walreceiver"). pg_current_wal_lsn() and pg_walfile_name() fail
 // during recovery, hence the CASEs (pg_current_wal_lsn is volatile: never folded early). The
 // primary's timeline comes from its current WAL file name (pg_control_checkpoint() lags until the
 // first checkpoint after a promotion); a replica's from its WAL receiver, else its last
@@ -25,12 +27,17 @@ const char* const kProbeSql =
     " CASE WHEN r THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver),"
     " (SELECT timeline_id FROM pg_control_checkpoint()))"
     " ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END,"
-    " CASE WHEN r THEN pg_is_wal_replay_paused() ELSE false END"
+    " CASE WHEN r THEN pg_is_wal_replay_paused() ELSE false END,"
+    " current_setting('synchronous_standby_names'),"
+    " current_setting('synchronous_commit'),"
+    " CASE WHEN r THEN coalesce(CASE WHEN pg_has_role('pg_read_all_settings', 'USAGE') THEN"
+    " substring(current_setting('primary_conninfo') FROM 'application_name=''?([^'' ]+)') END,"
+    " nullif(current_setting('cluster_name'), ''), 'walreceiver') END"
     " FROM pg_is_in_recovery() AS r";
 
 namespace {
 
-constexpr size_t kColumns = 8;
+constexpr size_t kColumns = 11;
 
 std::optional<uint32_t> ParseHex32(std::string_view text) {
   if (text.empty() || text.size() > 8) return std::nullopt;
@@ -118,6 +125,9 @@ std::optional<ProbeSample> ParseProbeRow(const ResultRow& row, std::string* erro
     s.timeline = timeline;
   }
   s.replay_paused = ParseBool(row[7]).value_or(false);
+  s.synchronous_standby_names = row[8].value_or("");
+  s.synchronous_commit = row[9].value_or("");
+  s.standby_name = row[10].value_or("");
   return s;
 }
 

@@ -23,6 +23,10 @@ struct ProbeSample {
   std::optional<std::string> wal_receiver_status;
   uint32_t timeline = 0;
   bool replay_paused = false;
+  // The node's settings (they matter on the primary: quorum commit, see sync_standby.h).
+  std::string synchronous_standby_names;
+  std::string synchronous_commit;
+  std::string standby_name;  // replica: the name it streams under (application_name)
 
   // nullopt for a primary or when not visible; else status == "streaming".
   std::optional<bool> WalReceiverStreaming() const;

@@ -43,6 +43,10 @@ struct NodeStatus {
   uint64_t replay_lsn = 0;   // pg_last_wal_replay_lsn(); replicas
   uint32_t timeline = 0;     // primary: from its current WAL file; replica: the WAL receiver's
   bool replay_paused = false;
+  // Primary: its commit settings as of the last successful probe (quorum reads without it).
+  std::string synchronous_standby_names;
+  std::string synchronous_commit;
+  std::string standby_name;  // replica: its name in synchronous_standby_names terms
   // Replica: is its WAL receiver streaming? nullopt when not visible (the probe role lacks
   // pg_monitor) or not a replica.
   std::optional<bool> wal_receiver_streaming;

@@ -351,11 +351,19 @@ BackendLoginParams ClientSession::LoginParamsFor(const health::NodeStatus& node)
 }
 
 awaitable<bool> ClientSession::ConnectFirstBackend() {
-  // The first connection is always to the primary: it checks the database and credentials the
-  // way PostgreSQL would, and its ParameterStatus values are the ones the client sees.
+  // The first connection is to the primary: it checks the database and credentials the way
+  // PostgreSQL would, and its ParameterStatus values are the ones the client sees. With no
+  // primary reachable, a session that may read from replicas starts on one instead (writes fail
+  // clearly until a primary is back, like MaxScale's read-only mode).
   auto topology = ctx_.monitor->Snapshot();
-  const health::NodeStatus* primary = topology->Primary();
-  if (primary == nullptr) {
+  std::vector<int> candidates;
+  if (topology->primary >= 0) candidates.push_back(topology->primary);
+  if (strategy_ != config::Strategy::kLeader && !topology->replicas.empty()) {
+    const size_t n = topology->replicas.size();
+    const size_t first = worker_.first_replica_rr++ % n;
+    for (size_t i = 0; i < n; ++i) candidates.push_back(topology->replicas[(first + i) % n]);
+  }
+  if (candidates.empty()) {
     const std::string message = NoPrimaryMessage(*topology);
     const std::string hint =
         "Check that the PostgreSQL nodes are running and accept pgrelay's credentials; pgrelay "
@@ -363,20 +371,35 @@ awaitable<bool> ClientSession::ConnectFirstBackend() {
     co_await SendFatal(sqlstate::kCannotConnectNow, message, hint);
     co_return false;
   }
-  auto b = std::make_unique<Backend>();
-  b->node = topology->primary;
-  b->conn = std::make_unique<BackendConnection>(client_.get_executor(), &worker_.pool);
-  if (!co_await b->conn->Login(LoginParamsFor(*primary))) {
-    PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": backend login failed: "
-                                               << b->conn->error_message());
+  std::unique_ptr<Backend> b;
+  const health::NodeStatus* node = nullptr;
+  for (int candidate : candidates) {
+    node = &topology->nodes[candidate];
+    b = std::make_unique<Backend>();
+    b->node = candidate;
+    b->conn = std::make_unique<BackendConnection>(client_.get_executor(), &worker_.pool);
+    if (co_await b->conn->Login(LoginParamsFor(*node))) break;
+    PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": backend login to " << node->name
+                                               << " failed: " << b->conn->error_message());
+    const bool last = candidate == candidates.back();
     if (!b->conn->server_error().empty()) {
+      // The server refused the client (credentials, database): that is the client's answer.
       co_await client_stream_.Write(b->conn->server_error());
-    } else {
-      const std::string message =
-          "pgrelay could not connect to the primary: " + b->conn->error_message();
-      co_await SendFatal(sqlstate::kUnableToConnect, message);
+      co_return false;
     }
-    co_return false;
+    if (last) {
+      const std::string message =
+          (candidates.size() == 1 ? "pgrelay could not connect to the primary: "
+                                  : "pgrelay could not connect to the primary or a replica: ") +
+          b->conn->error_message();
+      co_await SendFatal(sqlstate::kUnableToConnect, message);
+      co_return false;
+    }
+  }
+  if (b->node != topology->primary) {
+    PGRELAY_LOG(kInfo, "session", "client " << peer_ << ": no primary reachable; the session "
+                                            << "starts on " << node->name
+                                            << " (reads only until one is back)");
   }
   ctx_.catalog->NoteDatabase(database_);  // only databases the primary let us into
   std::tie(pid_, key_) = ctx_.cancels->Register();
@@ -387,7 +410,7 @@ awaitable<bool> ClientSession::ConnectFirstBackend() {
   protocol::AppendReadyForQuery(&scratch_, 'I');
   client_stream_.ConsumeLast();
   PGRELAY_LOG(kDebug, "session", "client " << peer_ << " user=" << user_ << " database="
-                                           << database_ << " connected to " << primary->name);
+                                           << database_ << " connected to " << node->name);
   current_ = b.get();
   backends_[b->node] = std::move(b);
   if (co_await client_stream_.Write(scratch_)) co_return false;

@@ -161,6 +161,13 @@ class ClientSession {
                                                   std::shared_ptr<const health::Topology>* topology);
   // Quorum's read index: the primary's WAL LSN read after `arrived`; 0 if it cannot be had.
   awaitable<uint64_t> ReadIndex(std::chrono::steady_clock::time_point arrived);
+  // Quorum without a read index (the primary is unreachable): under quorum commit, the most
+  // advanced of a read quorum of synchronous standbys; else the primary if one is known; else
+  // an error.
+  awaitable<routing::RouteResult> QuorumWithoutPrimary(
+      const routing::UnitTraits& traits, const routing::SessionRouting& session,
+      std::shared_ptr<const health::Topology>* topology,
+      std::chrono::steady_clock::time_point arrived);
   awaitable<void> WaitLsn(std::chrono::steady_clock::time_point deadline);
   void WakeLsn();
   // A write of this session committed (ReadyForQuery back to idle after a write).

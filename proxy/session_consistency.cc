@@ -12,6 +12,7 @@
 
 #include "config/log.h"
 #include "health/probe_sample.h"
+#include "health/sync_standby.h"
 #include "proxy/client_session.h"
 #include "proxy/pgrelay_settings.h"
 #include "proxy/protocol/messages.h"
@@ -50,18 +51,7 @@ awaitable<routing::RouteResult> ClientSession::RouteConsistent(
   bool known = true;  // `need` is complete
   if (quorum) {
     const uint64_t index = co_await ReadIndex(arrived);
-    if (index == 0) {
-      // No read index: no replica can be proven current. The primary itself is (if it is
-      // still the primary); the route fails clearly if there is none.
-      *topology = ctx_.monitor->Snapshot();
-      routing::LsnBound never{UINT64_MAX, {}};
-      routing::RouteResult r =
-          worker_.router.Route(traits, session, **topology, worker_.in_flight, &never);
-      if (r.to_primary) {
-        worker_.metrics->Inc(ctx_.metrics->consistency_fallbacks.At(MetricStrategy(strategy_)));
-      }
-      co_return r;
-    }
+    if (index == 0) co_return co_await QuorumWithoutPrimary(traits, session, topology, arrived);
     need = std::max(need, index);
   } else {
     ResolveCommit();
@@ -108,6 +98,76 @@ awaitable<routing::RouteResult> ClientSession::RouteConsistent(
       }
     }
   }
+}
+
+awaitable<routing::RouteResult> ClientSession::QuorumWithoutPrimary(
+    const routing::UnitTraits& traits, const routing::SessionRouting& session,
+    std::shared_ptr<const health::Topology>* topology, Clock::time_point arrived) {
+  *topology = ctx_.monitor->Snapshot();
+  // The commit settings of the node that was primary last.
+  std::optional<health::SyncStandbys> sync;
+  for (const health::NodeStatus& n : (*topology)->nodes) {
+    if (n.role == health::NodeRole::kPrimary && n.synchronous_commit == "remote_apply") {
+      sync = health::ParseSynchronousStandbyNames(n.synchronous_standby_names);
+    }
+  }
+  if (!sync) {
+    // No replica can be proven current. The primary itself is, if one is known (the route
+    // fails clearly if there is none).
+    routing::LsnBound never{UINT64_MAX, {}};
+    routing::RouteResult r =
+        worker_.router.Route(traits, session, **topology, worker_.in_flight, &never);
+    if (r.to_primary && r.node >= 0) {
+      worker_.metrics->Inc(ctx_.metrics->consistency_fallbacks.At(MetricStrategy(strategy_)));
+    } else {
+      r.node = -1;
+      r.to_primary = false;
+      r.error =
+          "quorum read refused: no primary answers to take a read index from, and the cluster "
+          "does not run quorum commit (synchronous_standby_names with synchronous_commit = "
+          "remote_apply), so no replica can be proven current";
+    }
+    co_return r;
+  }
+  // Ask the standbys where they are now: any ReadQuorum() of the named ones include one that has
+  // applied every acknowledged commit, and the most advanced of them has them all.
+  auto done = std::make_shared<bool>(false);
+  std::weak_ptr<ClientSession*> token = self_;
+  ctx_.lsn->RequestReplayLsns(client_.get_executor(), [done, token] {
+    *done = true;
+    if (auto s = token.lock()) (*s)->WakeLsn();
+  });
+  const Clock::time_point limit = Clock::now() + config_.health.timeout + std::chrono::seconds(1);
+  while (!*done && !ending_ && Clock::now() < limit) co_await WaitLsn(limit);
+  *topology = ctx_.monitor->Snapshot();
+  int answered = 0;
+  routing::RouteResult r;
+  uint64_t best = 0;
+  for (size_t i = 0; i < config_.nodes.size(); ++i) {
+    const bool named = std::any_of(sync->names.begin(), sync->names.end(), [&](const auto& name) {
+      const std::string& known = (*topology)->nodes[i].standby_name;
+      return health::StandbyNameMatches(known.empty() ? config_.nodes[i].name : known, name);
+    });
+    if (!named || ctx_.lsn->ReplayAnsweredSince(i) < arrived) continue;
+    ++answered;
+    const uint64_t lsn = ctx_.lsn->ReplayLsn(i);
+    if (r.node < 0 || lsn > best) {
+      r.node = static_cast<int>(i);
+      best = lsn;
+    }
+  }
+  if (answered >= sync->ReadQuorum()) {
+    PGRELAY_LOG(kDebug, "session", "client " << peer_ << ": quorum read without the primary on "
+                                             << config_.nodes[r.node].name << " ("
+                                             << answered << " standbys answered)");
+    co_return r;
+  }
+  r.node = -1;
+  r.error =
+      "quorum read refused: the primary is unreachable and fewer synchronous standbys answered "
+      "than a read quorum needs (n - k + 1 of synchronous_standby_names), so no replica can be "
+      "proven current";
+  co_return r;
 }
 
 awaitable<uint64_t> ClientSession::ReadIndex(Clock::time_point arrived) {

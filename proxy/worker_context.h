@@ -20,6 +20,7 @@ struct WorkerContext {
   routing::Classifier classifier;
   routing::Router router;
   std::vector<uint32_t> in_flight;  // statements outstanding per node, from this worker
+  uint32_t first_replica_rr = 0;    // sessions started on a replica (no primary), round robin
   admin::Shard* metrics = nullptr;  // this worker's metrics shard (written by this thread only)
 };
 

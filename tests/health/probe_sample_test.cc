@@ -38,7 +38,7 @@ ResultRow Row(std::initializer_list<const char*> values) {
 TEST(ParseProbeRowTest, Primary) {
   std::string error;
   const auto s =
-      ParseProbeRow(Row({"f", "0/51EF228", nullptr, nullptr, nullptr, nullptr, "3", "f"}), &error);
+      ParseProbeRow(Row({"f", "0/51EF228", nullptr, nullptr, nullptr, nullptr, "3", "f", "ANY 1 (a, b)", "remote_apply", nullptr}), &error);
   ASSERT_TRUE(s) << error;
   EXPECT_FALSE(s->in_recovery);
   EXPECT_EQ(s->current_lsn, 0x51EF228u);
@@ -48,12 +48,14 @@ TEST(ParseProbeRowTest, Primary) {
   EXPECT_EQ(s->timeline, 3u);
   EXPECT_FALSE(s->replay_paused);
   EXPECT_FALSE(s->WalReceiverStreaming().has_value());
+  EXPECT_EQ(s->synchronous_standby_names, "ANY 1 (a, b)");
+  EXPECT_EQ(s->synchronous_commit, "remote_apply");
 }
 
 TEST(ParseProbeRowTest, StreamingReplica) {
   std::string error;
   const auto s = ParseProbeRow(
-      Row({"t", nullptr, "0/6000000", "0/5000000", "12.345678", "streaming", "1", "t"}), &error);
+      Row({"t", nullptr, "0/6000000", "0/5000000", "12.345678", "streaming", "1", "t", "", "on", nullptr}), &error);
   ASSERT_TRUE(s) << error;
   EXPECT_TRUE(s->in_recovery);
   EXPECT_EQ(s->current_lsn, 0u);
@@ -67,14 +69,14 @@ TEST(ParseProbeRowTest, StreamingReplica) {
 
 TEST(ParseProbeRowTest, WalReceiverStates) {
   std::string error;
-  auto s = ParseProbeRow(Row({"t", nullptr, "0/1", "0/1", "0", nullptr, "1", "f"}), &error);
+  auto s = ParseProbeRow(Row({"t", nullptr, "0/1", "0/1", "0", nullptr, "1", "f", "", "on", nullptr}), &error);
   ASSERT_TRUE(s) << error;
   EXPECT_EQ(s->WalReceiverStreaming(), std::optional<bool>(false));  // no receiver at all
   EXPECT_EQ(*s->replay_lag_seconds, 0.0);
-  s = ParseProbeRow(Row({"t", nullptr, "0/1", "0/1", "0", "?", "1", "f"}), &error);
+  s = ParseProbeRow(Row({"t", nullptr, "0/1", "0/1", "0", "?", "1", "f", "", "on", nullptr}), &error);
   ASSERT_TRUE(s) << error;
   EXPECT_FALSE(s->WalReceiverStreaming().has_value());  // hidden from a role without pg_monitor
-  s = ParseProbeRow(Row({"t", nullptr, "0/1", "0/1", "0", "waiting", "1", "f"}), &error);
+  s = ParseProbeRow(Row({"t", nullptr, "0/1", "0/1", "0", "waiting", "1", "f", "", "on", nullptr}), &error);
   ASSERT_TRUE(s) << error;
   EXPECT_EQ(s->WalReceiverStreaming(), std::optional<bool>(false));
 }
@@ -82,7 +84,7 @@ TEST(ParseProbeRowTest, WalReceiverStates) {
 TEST(ParseProbeRowTest, NegativeLagFromClockSkewIsZero) {
   std::string error;
   const auto s =
-      ParseProbeRow(Row({"t", nullptr, "0/2", "0/1", "-0.002", "streaming", "1", "f"}), &error);
+      ParseProbeRow(Row({"t", nullptr, "0/2", "0/1", "-0.002", "streaming", "1", "f", "", "on", nullptr}), &error);
   ASSERT_TRUE(s) << error;
   EXPECT_EQ(*s->replay_lag_seconds, 0.0);
 }
@@ -93,14 +95,14 @@ TEST(ParseProbeRowTest, RejectsBadRows) {
     const char* error;
   };
   const Case kCases[] = {
-      {Row({"t"}), "probe returned 1 columns, expected 8"},
-      {Row({nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, "1", "f"}),
+      {Row({"t"}), "probe returned 1 columns, expected 11"},
+      {Row({nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, "1", "f", "", "on", nullptr}),
        "probe returned no pg_is_in_recovery() value"},
-      {Row({"f", "zz", nullptr, nullptr, nullptr, nullptr, "1", "f"}),
+      {Row({"f", "zz", nullptr, nullptr, nullptr, nullptr, "1", "f", "", "on", nullptr}),
        "probe returned a malformed LSN 'zz'"},
-      {Row({"t", nullptr, "0/1", "0/1", "soon", nullptr, "1", "f"}),
+      {Row({"t", nullptr, "0/1", "0/1", "soon", nullptr, "1", "f", "", "on", nullptr}),
        "probe returned a malformed replay lag 'soon'"},
-      {Row({"f", "0/1", nullptr, nullptr, nullptr, nullptr, "1.5", "f"}),
+      {Row({"f", "0/1", nullptr, nullptr, nullptr, nullptr, "1.5", "f", "", "on", nullptr}),
        "probe returned a malformed timeline '1.5'"},
   };
   for (const Case& c : kCases) {

@@ -3,9 +3,14 @@ replicas to replay, and pausing replay on purpose (pg_wal_replay_pause) to make 
 
 from __future__ import annotations
 
+import os
+import pathlib
+import re
+import subprocess
 from typing import Iterable, Optional
 
 import psycopg
+import pytest
 
 from conftest import Cluster, wait_until
 
@@ -55,3 +60,41 @@ class Paused:
     def __exit__(self, *exc) -> None:
         self.resume()
         wait_replayed(self.cluster, ports=[self.port])
+
+
+def as_postgres(*cmd: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    if os.geteuid() == 0:
+        cmd = ("runuser", "-u", "postgres", "--", *cmd)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def data_dir(cluster: Cluster, port: int) -> pathlib.Path:
+    """The data directory of the node listening on port (scripts/cluster.sh writes its port into
+    pgrelay_node.conf)."""
+    for conf in pathlib.Path(cluster.dir).glob("*/pgrelay_node.conf"):
+        if re.search(rf"^port\s*=\s*{port}\b", conf.read_text(), re.M):
+            return conf.parent
+    pytest.fail(f"no data directory under {cluster.dir} is configured for port {port}")
+
+
+def superuser(cluster: Cluster, port: int, dbname: str = "postgres") -> psycopg.Connection:
+    return psycopg.connect(host=cluster.host, port=port, user=cluster.superuser, dbname=dbname,
+                           connect_timeout=5, autocommit=True)
+
+
+def is_running(cluster: Cluster, d: pathlib.Path) -> bool:
+    return as_postgres(os.path.join(cluster.pg_bin, "pg_ctl"), "-D", str(d), "status").returncode == 0
+
+
+def start_node(cluster: Cluster, d: pathlib.Path) -> None:
+    if is_running(cluster, d):
+        return
+    out = as_postgres(os.path.join(cluster.pg_bin, "pg_ctl"), "-D", str(d), "-l",
+                      str(d / "startup.log"), "-w", "-t", "60", "start")
+    assert out.returncode == 0, f"pg_ctl start {d} failed:\n{out.stdout}\n{out.stderr}"
+
+
+def stop_node_immediate(cluster: Cluster, d: pathlib.Path) -> None:
+    out = as_postgres(os.path.join(cluster.pg_bin, "pg_ctl"), "-D", str(d), "-m", "immediate", "-w",
+                      "stop")
+    assert out.returncode == 0, f"pg_ctl stop {d} failed:\n{out.stdout}\n{out.stderr}"

@@ -25,7 +25,8 @@ import psycopg
 import pytest
 
 from conftest import DIRECT, Cluster
-from replication import Paused, app_primary, node_connect, wait_replayed
+from replication import (Paused, app_primary, data_dir, node_connect, start_node, stop_node_immediate,
+                         wait_replayed)
 
 pytestmark = pytest.mark.skipif(DIRECT, reason="tests pgrelay's routing (PGRELAY_TEST_DIRECT=1)")
 
@@ -399,3 +400,60 @@ def test_concurrent_history_checker(request, strategy, guarantees, cluster, tabl
     assert len(h.writes) > 50 and len(h.reads) > 200, "too little traffic to check anything"
     for g in guarantees:
         assert found[g] == 0, f"{strategy} broke {g}: {found} over {len(h.reads)} reads"
+
+
+# ---------------------------------------------------------------------------------------------
+# Quorum commit: quorum reads while the primary is down
+# ---------------------------------------------------------------------------------------------
+
+
+def set_quorum_commit(cluster: Cluster, on: bool) -> None:
+    with node_connect(cluster, cluster.primary_port) as conn:
+        if on:
+            conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (replica1, replica2)'")
+            conn.execute("ALTER SYSTEM SET synchronous_commit = 'remote_apply'")
+        else:
+            conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            conn.execute("ALTER SYSTEM RESET synchronous_commit")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def test_quorum_reads_survive_the_primary_under_quorum_commit(module_pgrelay, cluster, table):
+    """k=1 of 2 standbys, remote_apply: every acknowledged commit is applied on one standby, so
+    asking both (n - k + 1 = 2) and reading from the most advanced sees it, primary or not."""
+    relay = module_pgrelay(dict(config("quorum", "2ms"), log={"level": "debug"}))
+    primary_dir = data_dir(cluster, cluster.primary_port)
+    replica_dirs = [data_dir(cluster, p) for p in cluster.replica_ports]
+    paused_port = cluster.replica_ports[0]
+    set_quorum_commit(cluster, True)
+    try:
+        time.sleep(1.5)  # the monitor's probes pick up the primary's settings
+        with Paused(cluster, paused_port), relay.connect(autocommit=True) as a, \
+                relay.connect(autocommit=True) as b:
+            # replica1 is paused: the commit is acknowledged once replica2 has applied it.
+            a.execute(f"UPDATE {table} SET v = 4242 WHERE id = 8")
+            assert read_v(b, table, 8)[0] == 4242
+            stop_node_immediate(cluster, primary_dir)
+            try:
+                for _ in range(20):
+                    v, port = read_v(b, table, 8)
+                    assert (v, port) == (4242, cluster.replica_ports[1]), \
+                        "the most advanced standby must serve, with the acknowledged write"
+                # A session opened while the primary is down reads too.
+                with relay.connect(autocommit=True) as c:
+                    assert read_v(c, table, 8)[0] == 4242
+                # With both standbys gone there is no read quorum: a clear error, no stale read.
+                for d in replica_dirs:
+                    stop_node_immediate(cluster, d)
+                with pytest.raises(psycopg.OperationalError, match="quorum read refused"):
+                    read_v(b, table, 8)
+            finally:
+                for d in replica_dirs:
+                    start_node(cluster, d)
+                start_node(cluster, primary_dir)
+    finally:
+        set_quorum_commit(cluster, False)
+        for port in cluster.replica_ports:
+            with node_connect(cluster, port) as conn:
+                conn.execute("SELECT pg_wal_replay_resume()")
+        wait_replayed(cluster, timeout=60)

@@ -72,10 +72,10 @@ def test_copy_in_bad_data_then_session_goes_on(pgrelay, table, tmp_path):
 
 
 def test_error_then_good_query_in_same_session(pgrelay):
-    script = ("SET pgrelay.marker = 'kept';\n"
+    script = ("SET app.marker = 'kept';\n"
               "SELECT 1/0;\n"
               "SELECT no_such_column FROM pg_class LIMIT 1;\n"
-              "SELECT 'after-error', current_setting('pgrelay.marker');\n"
+              "SELECT 'after-error', current_setting('app.marker');\n"
               "BEGIN;\n"
               "SELECT 1/0;\n"
               "SELECT 'in-failed-txn';\n"
