@@ -23,52 +23,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-bin=$root/build/release/proxy/pgrelay
-cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DPGRELAY_BUILD_TESTS=OFF >/dev/null
-cmake --build build/release -j2 --target pgrelay >/dev/null
-cluster_dir=${PGRELAY_CLUSTER_DIR:-/tmp/pgrelay-cluster}
-scripts/cluster.sh start --dir "$cluster_dir" >/dev/null
-# shellcheck disable=SC1091
-source "$cluster_dir/cluster.env"
-
-work=$(mktemp -d /tmp/pgrelay-bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() {
-  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-start_relay() {  # strategy -> sets relay_port (no command substitution: pgrelay runs on)
-  local strategy=$1 port admin
-  port=$(free_port); admin=$(free_port)
-  cat >"$work/$strategy.yaml" <<YAML
-listen: 127.0.0.1:$port
-nodes:
-  - {name: pg1, host: 127.0.0.1, port: $PGRELAY_PG_PRIMARY_PORT}
-  - {name: pg2, host: 127.0.0.1, port: $PGRELAY_PG_REPLICA1_PORT}
-  - {name: pg3, host: 127.0.0.1, port: $PGRELAY_PG_REPLICA2_PORT}
-users: [{name: $PGRELAY_PG_APP_USER, password: $PGRELAY_PG_APP_PASSWORD}]
-routing: {strategy: $strategy}
-admin: {listen: 127.0.0.1:$admin}
-log: {level: warning}
-YAML
-  "$bin" --config "$work/$strategy.yaml" >/dev/null 2>"$work/$strategy.log" &
-  pids+=($!)
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-  relay_port=$port
-}
+# shellcheck source=tests/bench/lib.sh
+source "$root/tests/bench/lib.sh"
+bench_setup
 start_relay leader; leader_port=$relay_port
 start_relay follower; follower_port=$relay_port
 
-export PGPASSWORD=$PGRELAY_PG_APP_PASSWORD
-if ! psql -h 127.0.0.1 -p "$PGRELAY_PG_PRIMARY_PORT" -U "$PGRELAY_PG_APP_USER" -Atc \
-    "select 1 from pgbench_accounts limit 1" "$PGRELAY_PG_DATABASE" >/dev/null 2>&1; then
-  pgbench -h 127.0.0.1 -p "$PGRELAY_PG_PRIMARY_PORT" -U "$PGRELAY_PG_APP_USER" -i -s 10 -q \
-    "$PGRELAY_PG_DATABASE" >/dev/null 2>&1
-fi
 run() {  # port -> tps
   pgbench -h 127.0.0.1 -p "$1" -U "$PGRELAY_PG_APP_USER" -S -M "$mode" -c "$clients" -j 2 \
     -T "$seconds" "$PGRELAY_PG_DATABASE" 2>&1 | awk '/^tps =/ {print $3}'
