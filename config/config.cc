@@ -70,6 +70,18 @@ std::string_view ToString(Route r) {
   return "unknown";
 }
 
+std::string_view ToString(FailoverMode m) {
+  switch (m) {
+    case FailoverMode::kOff:
+      return "off";
+    case FailoverMode::kManual:
+      return "manual";
+    case FailoverMode::kAuto:
+      return "auto";
+  }
+  return "unknown";
+}
+
 std::vector<std::string> DefaultSideEffectFreeFunctions() {
   // Volatile in pg_proc but without side effects, and answering the same on a replica. Built-ins
   // are schema-qualified so that a user function of the same name still counts as volatile.

@@ -36,12 +36,14 @@ enum class Strategy { kLeader, kFollower, kReadYourWrites, kQuorum };
 enum class LogLevel { kDebug, kInfo, kWarning, kError };
 enum class LoadBalance { kRoundRobin, kLeastConnections, kRandom };
 enum class Route { kPrimary, kReplica };
+enum class FailoverMode { kOff, kManual, kAuto };
 
 std::string_view ToString(AuthMethod m);  // "scram-sha-256" | "md5" | "trust"
 std::string_view ToString(Strategy s);    // "leader" | "follower" | "read-your-writes" | "quorum"
 std::string_view ToString(LogLevel l);
 std::string_view ToString(LoadBalance b);  // "round_robin" | "least_connections" | "random"    // "debug" | "info" | "warning" | "error"
 std::string_view ToString(Route r);       // "primary" | "replica"
+std::string_view ToString(FailoverMode m);  // "off" | "manual" | "auto"
 
 // Credentials pgrelay uses toward the PostgreSQL nodes.
 struct BackendCredentials {
@@ -63,6 +65,21 @@ struct HealthConfig {
   std::string database = "postgres";
   int failure_threshold = 3;   // consecutive failed probes until a node is down (1 = suspect)
   int recovery_threshold = 2;  // consecutive good probes until a down node is up again
+};
+
+// failover: what pgrelay does when the primary fails (docs/failover.md).
+struct FailoverConfig {
+  // off: follow role changes made outside pgrelay only; manual: promote on an admin request;
+  // auto: promote when the primary has failed.
+  FailoverMode mode = FailoverMode::kOff;
+  // Who promotes and re-points (pg_promote, ALTER SYSTEM, replication slots): a superuser or a
+  // role granted those. Unset: the health probes' credentials.
+  std::optional<BackendCredentials> control;
+  std::chrono::milliseconds hold_writes{5000};       // writes wait this long for a primary
+  std::chrono::milliseconds promote_timeout{30000};  // replay + pg_promote on the candidate
+  uint64_t max_lag_bytes = 0;  // refuse a candidate further behind than this; 0 = no bound
+  // The epoch record (ClusterStateStore). Empty: kept in memory only (lost on restart).
+  std::string state_file;
 };
 
 // An ordered routing rule (routing.rules): the first rule whose regular expression matches
@@ -123,6 +140,7 @@ struct Config {
   std::string admin_token;
   Limits limits;
   HealthConfig health;
+  FailoverConfig failover;
   LogLevel log_level = LogLevel::kInfo;
 
   const UserConfig* FindUser(std::string_view name) const;  // nullptr if unknown

@@ -236,6 +236,7 @@ class Loader {
   void ReadBackend(const Entry& e);
   void ReadLimits(const Entry& e);
   void ReadHealth(const Entry& e);
+  void ReadFailover(const Entry& e);
   void ReadAdmin(const Entry& e);
   void ReadRouting(const Entry& e);
   void ReadStrategyOverrides(const Entry& e);
@@ -496,6 +497,7 @@ void Loader::ReadRoot(const YAML::Node& root) {
           {"admin", [&](const Entry& e) { ReadAdmin(e); }},
           {"limits", [&](const Entry& e) { ReadLimits(e); }},
           {"health", [&](const Entry& e) { ReadHealth(e); }},
+          {"failover", [&](const Entry& e) { ReadFailover(e); }},
           {"log",
            [&](const Entry& e) {
              VisitMap(e.value, e.path, e.line,
@@ -674,6 +676,53 @@ void Loader::ReadBackend(const Entry& e) {
   }
   backend.password = password.value.value_or("");
   config_.backend = std::move(backend);
+}
+
+void Loader::ReadFailover(const Entry& e) {
+  FailoverConfig& failover = config_.failover;
+  BackendCredentials control;
+  PasswordSource password;
+  auto read_password = [&](const Entry& f) { ReadPassword(f, &password); };
+  const auto seen = VisitMap(
+      e.value, e.path, e.line,
+      {
+          {"mode",
+           [&](const Entry& f) {
+             Set(ReadEnum(f, {FailoverMode::kOff, FailoverMode::kManual, FailoverMode::kAuto}),
+                 &failover.mode);
+           }},
+          {"user", [&](const Entry& f) { Set(ReadString(f), &control.user); }},
+          {"password", read_password},
+          {"password_env", read_password},
+          {"password_file", read_password},
+          {"hold_writes",
+           [&](const Entry& f) {
+             Set(ReadDuration(f, /*zero_means_off=*/true), &failover.hold_writes);
+           }},
+          {"promote_timeout",
+           [&](const Entry& f) { Set(ReadDuration(f), &failover.promote_timeout); }},
+          {"max_lag_bytes",
+           [&](const Entry& f) {
+             Set(ReadWithUnit(f, kSizeUnits, kSizeForm, 0, uint64_t{1} << 50,
+                              "between 0 (no bound) and 1PB"),
+                 &failover.max_lag_bytes);
+           }},
+          {"state_file",
+           [&](const Entry& f) {
+             const std::optional<std::string> path = ReadString(f);
+             if (!path) return;
+             std::filesystem::path file(*path);
+             if (file.is_relative() && !base_dir_.empty()) file = base_dir_ / file;
+             failover.state_file = file.string();
+           }},
+      });
+  if (!seen) return;
+  if (seen->contains("user")) {
+    control.password = password.value.value_or("");
+    failover.control = std::move(control);
+  } else if (password.count > 0) {
+    Error(e.path + ".user", e.line, "missing; a failover password needs its user");
+  }
 }
 
 void Loader::ReadLimits(const Entry& e) {

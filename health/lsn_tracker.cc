@@ -128,12 +128,13 @@ class LsnTracker::Impl {
       target = where;
     }
     const bool reused = conn.connected();
-    if (!reused && !co_await conn.Connect(ParamsFor(node), deadline)) co_return 0;
+    const PgConnectParams params = ParamsFor(node);
+    if (!reused && !co_await conn.Connect(params, deadline)) co_return 0;
     PgResult result;
     bool ok = co_await conn.Query(sql, deadline, &result);
     if (!ok && reused && !conn.connected() && !conn.timed_out() && !conn.cancelled()) {
       // The kept-open connection had broken since the last use: try once on a new one.
-      if (!co_await conn.Connect(ParamsFor(node), deadline)) co_return 0;
+      if (!co_await conn.Connect(params, deadline)) co_return 0;
       ok = co_await conn.Query(sql, deadline, &result);
     }
     co_return ok ? LsnOf(result) : 0;

@@ -12,12 +12,16 @@
 #include <cstdio>
 #include <exception>
 #include <mutex>
+#include <optional>
+#include <stdexcept>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "config/log.h"
+#include "health/cluster_state.h"
+#include "health/failover.h"
 #include "health/node_probe.h"
 #include "health/node_state.h"
 #include "health/topology_builder.h"
@@ -73,6 +77,14 @@ class Monitor::Impl {
   std::vector<NodeStatus> Statuses() const;
   void Publish();
   void LogTopologyChange(const Topology& t);
+  // Failover (failover.mode auto/manual): the epoch record and promotions.
+  bool Recording() const { return config_->failover.mode != config::FailoverMode::kOff; }
+  int RecordedIndex() const;
+  // Records a new primary the topology settled on (first discovery, or a promotion made
+  // outside pgrelay); false if the record could not be stored (then no primary is published).
+  bool RecordPrimary(const Topology& t);
+  void MaybeFailover(const Topology& t);
+  asio::awaitable<void> RunFailover(PromotionPlan plan, std::shared_ptr<const Topology> t);
   std::string Label(size_t i) const;  // "pg1 (127.0.0.1:5432)"
 
   const std::shared_ptr<const config::Config> config_;
@@ -87,10 +99,19 @@ class Monitor::Impl {
   int outstanding_ = 0;  // probes of the current round still running
   bool published_ = true;
   uint64_t version_ = 0;
-  uint64_t epoch_ = 0;  // failover will own this (ClusterStateStore)
+  uint64_t epoch_ = 0;  // the record's epoch (0: nothing recorded)
+  std::unique_ptr<ClusterStateStore> store_;
+  std::optional<ClusterRecord> record_;
+  bool failover_running_ = false;
+  FailoverCancel failover_cancel_;
+  Clock::time_point next_failover_attempt_{};
+  std::string last_why_not_;
+  uint64_t failovers_ = 0;
+  double last_failover_seconds_ = 0;
   bool stopping_ = false;
   int last_primary_ = -2;  // -2: nothing published yet
   std::vector<int> last_claims_;
+  std::vector<int> last_fenced_;
   std::thread thread_;
 
   std::mutex mu_;  // guards first_published_ (Start waits for it)
@@ -143,6 +164,24 @@ std::shared_ptr<const Topology> Monitor::Impl::Initial() const {
 
 void Monitor::Impl::Start() {
   if (thread_.joinable() || stopping_) return;
+  if (Recording()) {
+    if (config_->failover.state_file.empty()) {
+      store_ = std::make_unique<MemoryStateStore>();
+      PGRELAY_LOG(kWarning, "failover",
+                  "failover.state_file is not set: the failover record lives in memory only, "
+                  "and a restarted pgrelay cannot tell a stale primary from the current one");
+    } else {
+      store_ = std::make_unique<LocalStateStore>(config_->failover.state_file);
+    }
+    std::string error;
+    if (!store_->Load(&record_, &error)) throw std::runtime_error(error);
+    if (record_) {
+      epoch_ = record_->epoch;
+      PGRELAY_LOG(kInfo, "failover", "failover record: primary " << record_->primary << " at epoch "
+                                                                 << record_->epoch << ", timeline "
+                                                                 << record_->timeline);
+    }
+  }
   asio::co_spawn(io_, Run(), RethrowOnError);
   thread_ = std::thread([this] { io_.run(); });
   std::unique_lock lock(mu_);
@@ -156,6 +195,7 @@ void Monitor::Impl::Stop() {
     stopping_ = true;
     tick_.cancel();
     for (Node& n : nodes_) n.probe->Cancel();
+    failover_cancel_.Cancel();
   });
   thread_.join();  // run() returns once every probe coroutine has ended
   for (Node& n : nodes_) n.probe->Close();
@@ -255,9 +295,49 @@ void Monitor::Impl::LogTransition(size_t i, const NodeTransition& t) const {
   }
 }
 
+int Monitor::Impl::RecordedIndex() const {
+  if (!record_) return -1;
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    if (nodes_[i].config->name == record_->primary) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+bool Monitor::Impl::RecordPrimary(const Topology& t) {
+  const NodeStatus& p = t.nodes[t.primary];
+  if (record_ && record_->primary == p.name) return true;
+  ClusterRecord next{record_ ? record_->epoch + 1 : 1, p.name, p.timeline};
+  std::string error;
+  if (!store_->Store(next, &error)) {
+    PGRELAY_LOG(kError, "failover", "cannot store the failover record (primary " << p.name
+                                        << ", epoch " << next.epoch << "): " << error
+                                        << "; no writes until it can be stored");
+    return false;
+  }
+  if (record_) {
+    PGRELAY_LOG(kWarning, "failover", "primary changed outside pgrelay: " << p.name
+                                          << " (timeline " << p.timeline << ") is the primary at epoch "
+                                          << next.epoch << " (was " << record_->primary << ")");
+  }
+  record_ = next;
+  epoch_ = next.epoch;
+  return true;
+}
+
 void Monitor::Impl::Publish() {
   published_ = true;
-  Topology t = BuildTopology(Statuses(), ++version_, epoch_, std::max(last_primary_, -1));
+  Topology t;
+  if (Recording()) {
+    const RecordedPrimary recorded{RecordedIndex(), record_ ? record_->timeline : 0};
+    t = BuildTopology(Statuses(), ++version_, epoch_, std::max(last_primary_, -1), &recorded);
+    if (t.primary >= 0 && !failover_running_ && !RecordPrimary(t)) t.primary = -1;
+    t.epoch = epoch_;
+    t.failovers = failovers_;
+    t.last_failover_seconds = last_failover_seconds_;
+    t.failover_running = failover_running_;
+  } else {
+    t = BuildTopology(Statuses(), ++version_, epoch_, std::max(last_primary_, -1));
+  }
   LogTopologyChange(t);
   if (Log::Enabled(config::LogLevel::kDebug)) {
     // One machine-readable line per round (tests parse it): name{key=value ...} per node.
@@ -281,7 +361,9 @@ void Monitor::Impl::Publish() {
     }
     Log::Write(config::LogLevel::kDebug, "health", os.str());
   }
-  out_->store(std::make_shared<const Topology>(std::move(t)), std::memory_order_release);
+  auto published = std::make_shared<const Topology>(std::move(t));
+  out_->store(published, std::memory_order_release);
+  if (config_->failover.mode == config::FailoverMode::kAuto) MaybeFailover(*published);
   if (version_ == 1) {
     std::lock_guard lock(mu_);
     first_published_ = true;
@@ -290,6 +372,21 @@ void Monitor::Impl::Publish() {
 }
 
 void Monitor::Impl::LogTopologyChange(const Topology& t) {
+  std::vector<int> fenced;
+  for (size_t i = 0; i < t.nodes.size(); ++i) {
+    if (t.nodes[i].state != NodeHealth::kFenced) continue;
+    fenced.push_back(static_cast<int>(i));
+    if (std::find(last_fenced_.begin(), last_fenced_.end(), static_cast<int>(i)) ==
+        last_fenced_.end()) {
+      PGRELAY_LOG(kError, "health",
+                  "node " << Label(i) << " is fenced: it claims to be primary (timeline "
+                          << t.nodes[i].timeline << ") but "
+                          << (t.primary >= 0 ? t.nodes[t.primary].name : std::string("no node"))
+                          << " is the primary at epoch " << t.epoch
+                          << "; it gets no traffic until it is rejoined as a replica");
+    }
+  }
+  last_fenced_ = std::move(fenced);
   std::vector<int> claims;
   for (size_t i = 0; i < t.nodes.size(); ++i) {
     const NodeStatus& n = t.nodes[i];
@@ -326,6 +423,74 @@ void Monitor::Impl::LogTopologyChange(const Topology& t) {
     }
   }
   PGRELAY_LOG(kWarning, "health", "no primary: " << why << "; writes fail until one is found");
+}
+
+void Monitor::Impl::MaybeFailover(const Topology& t) {
+  if (failover_running_ || stopping_ || Clock::now() < next_failover_attempt_) return;
+  std::string why_not;
+  std::optional<PromotionPlan> plan = PlanPromotion(t, RecordedIndex(), *config_, &why_not);
+  if (!plan) {
+    if (why_not != last_why_not_ && !why_not.empty()) {
+      PGRELAY_LOG(kWarning, "failover", why_not);
+    }
+    last_why_not_ = why_not;
+    return;
+  }
+  last_why_not_.clear();
+  failover_running_ = true;
+  auto snapshot = out_->load(std::memory_order_acquire);
+  asio::co_spawn(io_, RunFailover(*plan, std::move(snapshot)), RethrowOnError);
+}
+
+asio::awaitable<void> Monitor::Impl::RunFailover(PromotionPlan plan,
+                                                 std::shared_ptr<const Topology> t) {
+  const Clock::time_point start = Clock::now();
+  const NodeStatus failed = t->nodes[plan.failed];
+  const NodeStatus candidate = t->nodes[plan.candidate];
+  PGRELAY_LOG(kWarning, "failover", "primary " << Label(plan.failed) << " failed ("
+                                               << failed.last_error << "); promoting "
+                                               << Label(plan.candidate) << ", received up to "
+                                               << FormatLsn(plan.candidate_lsn));
+  const asio::any_io_executor executor = io_.get_executor();
+  PromotionResult result = co_await Promote(executor, *config_, candidate, failover_cancel_);
+  if (stopping_) co_return;
+  if (!result.ok) {
+    PGRELAY_LOG(kError, "failover", "promoting " << Label(plan.candidate) << " failed: "
+                                                 << result.error << "; retrying in 5 s");
+    failover_running_ = false;
+    next_failover_attempt_ = Clock::now() + std::chrono::seconds(5);
+    co_return;
+  }
+  ClusterRecord next{epoch_ + 1, candidate.name, result.timeline};
+  std::string error;
+  if (!store_->Store(next, &error)) {
+    PGRELAY_LOG(kError, "failover", "cannot store the failover record: " << error);
+  }
+  record_ = next;
+  epoch_ = next.epoch;
+  ++failovers_;
+  last_failover_seconds_ = std::chrono::duration<double>(Clock::now() - start).count();
+  failover_running_ = false;
+  PGRELAY_LOG(kWarning, "failover", "promoted " << Label(plan.candidate) << " to primary at epoch "
+                                                << epoch_ << ", timeline " << result.timeline
+                                                << " in " << Seconds(last_failover_seconds_)
+                                                << " s; " << failed.name << " is fenced until "
+                                                << "rejoined as a replica");
+  StartRound(Clock::now());  // see the new primary now, not at the next round
+  for (size_t i = 0; i < t->nodes.size(); ++i) {
+    const NodeStatus& n = t->nodes[i];
+    if (static_cast<int>(i) == plan.failed || static_cast<int>(i) == plan.candidate ||
+        n.role != NodeRole::kReplica) {
+      continue;
+    }
+    const std::string problem = co_await Repoint(executor, *config_, candidate, n, failover_cancel_);
+    if (stopping_) co_return;
+    if (problem.empty()) {
+      PGRELAY_LOG(kInfo, "failover", "replica " << Label(i) << " streams from " << candidate.name);
+    } else {
+      PGRELAY_LOG(kError, "failover", problem);
+    }
+  }
 }
 
 Monitor::Monitor(std::shared_ptr<const config::Config> config)

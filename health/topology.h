@@ -72,6 +72,11 @@ struct Topology {
   int primary = -1;
   bool primary_conflict = false;  // more than one reachable node reports itself primary
   std::vector<int> replicas;      // indexes of replicas that are up, in config order
+  // Failover (failover.mode auto/manual): promotions pgrelay carried out, how long the last
+  // took (failure detected -> new primary recorded), and a promotion running now.
+  uint64_t failovers = 0;
+  double last_failover_seconds = 0;
+  bool failover_running = false;
 
   const NodeStatus* Primary() const { return primary >= 0 ? &nodes[primary] : nullptr; }
   // A replica that is up and within both lag bounds; 0 means no bound. A replica whose lag is

@@ -12,7 +12,7 @@ bool Reachable(const NodeStatus& n) {
 }  // namespace
 
 Topology BuildTopology(std::vector<NodeStatus> nodes, uint64_t version, uint64_t epoch,
-                       int previous_primary) {
+                       int previous_primary, const RecordedPrimary* recorded) {
   Topology t;
   t.version = version;
   t.epoch = epoch;
@@ -26,7 +26,23 @@ Topology BuildTopology(std::vector<NodeStatus> nodes, uint64_t version, uint64_t
     claims.push_back(static_cast<int>(i));
     if (n.up) fresh_claims.push_back(static_cast<int>(i));
   }
-  if (claims.size() == 1) {
+  if (recorded != nullptr && recorded->node >= 0) {
+    const bool holds = std::find(claims.begin(), claims.end(), recorded->node) != claims.end();
+    std::vector<int> newer;  // promoted outside pgrelay after the record
+    for (int i : claims) {
+      if (i != recorded->node && t.nodes[i].timeline > recorded->timeline) newer.push_back(i);
+    }
+    if (holds) {
+      t.primary = recorded->node;
+    } else if (newer.size() == 1) {
+      t.primary = newer[0];
+    } else if (newer.size() > 1) {
+      t.primary_conflict = true;
+    }
+    for (int i : claims) {
+      if (i != t.primary) t.nodes[i].state = NodeHealth::kFenced;
+    }
+  } else if (claims.size() == 1) {
     t.primary = claims[0];
   } else if (claims.size() > 1) {
     if (fresh_claims.size() == 1) {

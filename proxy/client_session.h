@@ -121,6 +121,9 @@ class ClientSession {
   awaitable<void> SendBatch(bool final, bool forced);
   awaitable<Backend*> Choose(const routing::UnitTraits& traits, bool respond_ready = true);
   awaitable<Backend*> OpenBackend(int node);
+  awaitable<Backend*> HoldForPrimary(const routing::UnitTraits& traits,
+                                     const routing::SessionRouting& session,
+                                     std::shared_ptr<const health::Topology>* topology);
   void StartReader(Backend* b);
   awaitable<bool> SwitchTo(Backend* b);
   void UpdateCancelTarget();

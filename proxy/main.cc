@@ -72,7 +72,12 @@ int main(int argc, char** argv) {
               "pgrelay " << PGRELAY_VERSION << " starting, config " << config_path << ", strategy "
                          << pgrelay::config::ToString(result.config->strategy));
   pgrelay::health::Monitor monitor(result.config);
-  monitor.Start();
+  try {
+    monitor.Start();
+  } catch (const std::exception& e) {
+    PGRELAY_LOG(kError, "failover", e.what());
+    return 1;
+  }
   pgrelay::health::CatalogRefresher catalog(result.config, &monitor);
   catalog.Start();
   pgrelay::health::LsnTracker lsn(result.config, &monitor);

@@ -364,6 +364,12 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
       }
     }
   }
+  if (b == nullptr && route.to_primary && !ending_ &&
+      config_.failover.mode != config::FailoverMode::kOff &&
+      config_.failover.hold_writes.count() > 0) {
+    b = co_await HoldForPrimary(traits, session, &topology);
+    if (b == nullptr) route = worker_.router.Route(traits, session, *topology, worker_.in_flight);
+  }
   if (b == nullptr && !ending_) {
     std::string message = route.error ? route.error : "pgrelay could not connect to a node";
     if (route.node >= 0 && !last_connect_error_.empty()) message += ": " + last_connect_error_;
@@ -371,6 +377,39 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
     co_await RespondError(sqlstate::kUnableToConnect, message, respond_ready);
   }
   co_return b;
+}
+
+awaitable<ClientSession::Backend*> ClientSession::HoldForPrimary(
+    const routing::UnitTraits& traits, const routing::SessionRouting& session,
+    std::shared_ptr<const health::Topology>* topology) {
+  // The primary is gone or unreachable and pgrelay may be failing over: hold the statement
+  // (failover.hold_writes) until a primary answers, instead of failing it at once.
+  PGRELAY_LOG(kInfo, "session", "client " << peer_ << ": no primary reachable; holding the "
+                                          << "statement up to "
+                                          << config_.failover.hold_writes.count() << " ms");
+  const auto deadline = std::chrono::steady_clock::now() + config_.failover.hold_writes;
+  asio::steady_timer timer(client_.get_executor());
+  // A node that just refused is tried again only after a while (it is probably the failed
+  // primary the monitor has not declared down yet).
+  int refused = -1;
+  auto refused_at = std::chrono::steady_clock::now();
+  while (!ending_ && std::chrono::steady_clock::now() < deadline) {
+    timer.expires_after(std::chrono::milliseconds(50));
+    co_await timer.async_wait(kNoThrow);
+    *topology = ctx_.monitor->Snapshot();
+    routing::RouteResult route =
+        worker_.router.Route(traits, session, **topology, worker_.in_flight);
+    if (route.node < 0 || !route.to_primary) continue;
+    Backend* b = backends_[route.node].get();
+    if (b != nullptr && b->alive) co_return b;
+    const auto now = std::chrono::steady_clock::now();
+    if (route.node == refused && now - refused_at < config_.health.interval) continue;
+    b = co_await OpenBackend(route.node);
+    if (b != nullptr) co_return b;
+    refused = route.node;
+    refused_at = now;
+  }
+  co_return nullptr;
 }
 
 awaitable<ClientSession::Backend*> ClientSession::OpenBackend(int node) {
@@ -723,7 +762,8 @@ awaitable<void> ClientSession::AnswerLost(Backend* b) {
     reply_lost_.clear();
     protocol::AppendError(&reply_lost_, "FATAL", sqlstate::kConnectionFailure,
                           "pgrelay lost the connection to node " + node + " during a transaction",
-                          "The transaction was rolled back by the server; reconnect and retry it.");
+                          "The transaction was rolled back by the server (if the node failed, "
+                          "pgrelay may be failing over to another); reconnect and retry it.");
     std::vector<asio::const_buffer> out{asio::buffer(reply_lost_)};
     co_await WriteToClient(out);
     ending_ = true;

@@ -135,6 +135,28 @@ void AddTopologyMetrics(Registry& r, TopologySource source) {
                   const auto topology = source ? source() : nullptr;
                   if (topology) sink.Add({}, static_cast<double>(topology->epoch));
                 });
+  r.AddCallback(MetricType::kCounter, "pgrelay_failovers_total",
+                "Promotions pgrelay carried out.", {}, [source](SampleSink& sink) {
+                  const auto topology = source ? source() : nullptr;
+                  if (topology) sink.Add({}, static_cast<double>(topology->failovers));
+                });
+  r.AddCallback(MetricType::kGauge, "pgrelay_last_failover_duration_seconds",
+                "How long the last failover took, from declaring the primary failed to the new "
+                "primary recorded; 0 if none yet.",
+                {}, [source](SampleSink& sink) {
+                  const auto topology = source ? source() : nullptr;
+                  if (topology) sink.Add({}, topology->last_failover_seconds);
+                });
+  r.AddCallback(MetricType::kGauge, "pgrelay_fenced_nodes",
+                "Nodes that claim to be primary but are not the primary of the current epoch: "
+                "they get no traffic until rejoined as replicas (alert on > 0).",
+                {}, [source](SampleSink& sink) {
+                  const auto topology = source ? source() : nullptr;
+                  if (!topology) return;
+                  int fenced = 0;
+                  for (const auto& n : topology->nodes) fenced += n.state == health::NodeHealth::kFenced;
+                  sink.Add({}, fenced);
+                });
   r.AddCallback(MetricType::kGauge, "pgrelay_topology_primary_conflict",
                 "1 while more than one reachable node reports itself primary.", {},
                 [source](SampleSink& sink) {
@@ -202,11 +224,6 @@ ProxyMetrics::ProxyMetrics(const config::Config& config, size_t workers, Topolog
       kLatencyBuckets, {consistency});
   health_probe_failures =
       r.AddCounter("pgrelay_health_probe_failures_total", "Failed health probes, by node.", {node});
-  failovers = r.AddCounter("pgrelay_failovers_total", "Promotions pgrelay carried out.");
-  last_failover_duration =
-      r.AddGauge("pgrelay_last_failover_duration_seconds",
-                 "How long the last failover took, from detecting the failure to the new "
-                 "primary serving; 0 if none yet.");
   config_reloads = r.AddCounter("pgrelay_config_reloads_total", "Config reloads, by result.",
                                 {{"result", {"success", "failure"}}});
 

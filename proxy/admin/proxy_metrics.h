@@ -69,7 +69,7 @@ using TopologySource = std::function<std::shared_ptr<const health::Topology>()>;
 //   session pinned          sessions_pinned.At(PinReason), once per pin
 //   after Classify()        Set(classifier_cache_hits / _misses, classifier.stats().hits/misses)
 //   health probe failed     health_probe_failures.At(node)   (MonitorShard)
-//   promotion / reload      failovers, last_failover_duration, config_reloads (the thread doing it)
+//   config reload           config_reloads (the thread doing it)
 
 class ProxyMetrics {
  public:
@@ -112,14 +112,13 @@ class ProxyMetrics {
   CounterFamily consistency_fallbacks;    // pgrelay_consistency_fallbacks_total{strategy}
   HistogramFamily consistency_wait_duration;  // pgrelay_consistency_wait_seconds{strategy}
   CounterFamily health_probe_failures;    // pgrelay_health_probe_failures_total{node}
-  CounterFamily failovers;                // pgrelay_failovers_total
-  GaugeFamily last_failover_duration;     // pgrelay_last_failover_duration_seconds (Set)
   CounterFamily config_reloads;           // pgrelay_config_reloads_total{result}
 
   // Computed at scrape time from the topology: pgrelay_node_up{node},
   // pgrelay_node_state{node,state}, pgrelay_node_role{node,role},
   // pgrelay_node_replay_lag_bytes{node}, pgrelay_node_replay_lag_seconds{node},
   // pgrelay_node_timeline{node}, pgrelay_topology_epoch, pgrelay_topology_primary_conflict,
+  // pgrelay_failovers_total, pgrelay_last_failover_duration_seconds, pgrelay_fenced_nodes,
   // and pgrelay_start_time_seconds.
 
  private:

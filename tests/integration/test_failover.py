@@ -1,0 +1,313 @@
+"""Automatic failover (failover.mode auto) on a throwaway primary + 2 standbys of our own (initdb,
+pg_basebackup with replication slots, on free ports): promotion changes the cluster for good, so
+the shared cluster is not used.
+
+- The primary is killed (pg_ctl stop -m immediate) under a write load through pgrelay: the most
+  advanced standby is promoted, the other re-pointed to it, writes through pgrelay succeed again;
+  with synchronous_standby_names = 'ANY 1 (*)' and synchronous_commit = on every acknowledged
+  insert is on the new primary; the write unavailability is measured and printed.
+- The old primary restarted afterwards still claims to be primary: it is fenced (no traffic,
+  pgrelay_fenced_nodes = 1).
+- A restarted pgrelay reads the state file and routes writes to the new primary at once.
+- When only pgrelay loses the primary (a TCP forwarder in front of it is cut) while the standbys
+  still stream from it, nothing is promoted.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import urllib.request
+from typing import Optional
+
+import psycopg
+import pytest
+
+from conftest import DIRECT, free_port, wait_until
+from replication import as_postgres
+
+pytestmark = pytest.mark.skipif(DIRECT, reason="tests pgrelay's failover (PGRELAY_TEST_DIRECT=1)")
+
+
+class Scratch:
+    """A primary and two standbys (replication slots s1, s2; cluster_name s1, s2)."""
+
+    def __init__(self, pg_bin: str):
+        self.bin = pg_bin
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="pgrelay-failover-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self.names = ("p0", "s1", "s2")
+        self.ports = tuple(free_port() for _ in self.names)
+        self.dirs = tuple(self.dir / n for n in self.names)
+
+    def run(self, program: str, *args: str) -> None:
+        out = as_postgres(os.path.join(self.bin, program), *args)
+        assert out.returncode == 0, f"{program} {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
+
+    def start(self, i: int) -> None:
+        self.run("pg_ctl", "-D", str(self.dirs[i]), "-l", str(self.dir / f"{self.names[i]}.log"), "-w",
+                 "-t", "60", "-o", f"-p {self.ports[i]} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                 f"-c fsync=off -c cluster_name={self.names[i]}", "start")
+
+    def stop(self, i: int) -> None:
+        self.run("pg_ctl", "-D", str(self.dirs[i]), "-m", "immediate", "-w", "stop")
+
+    def create(self, sync: bool) -> None:
+        self.run("initdb", "-D", str(self.dirs[0]), "-U", "postgres", "-A", "trust", "--no-sync",
+                 "--no-instructions")
+        if sync:
+            with open(self.dirs[0] / "postgresql.conf", "a") as conf:
+                conf.write("synchronous_standby_names = 'ANY 1 (*)'\nsynchronous_commit = on\n")
+        self.start(0)
+        for i in (1, 2):
+            self.run("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.ports[0]), "-U", "postgres",
+                     "-D", str(self.dirs[i]), "-R", "-X", "stream", "-C", "-S", self.names[i], "--no-sync")
+            self.start(i)
+
+    def connect(self, i: int) -> psycopg.Connection:
+        return psycopg.connect(host="127.0.0.1", port=self.ports[i], user="postgres", dbname="postgres",
+                               connect_timeout=5, autocommit=True)
+
+    def destroy(self) -> None:
+        for d in self.dirs:
+            if (d / "postmaster.pid").exists():
+                as_postgres(os.path.join(self.bin, "pg_ctl"), "-D", str(d), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def nodes(self, ports: Optional[tuple] = None) -> list[dict]:
+        return [{"name": n, "host": "127.0.0.1", "port": p}
+                for n, p in zip(self.names, ports or self.ports)]
+
+
+@pytest.fixture
+def scratch(cluster):
+    s = Scratch(cluster.pg_bin)
+    yield s
+    s.destroy()
+
+
+def relay_config(scratch: Scratch, state_file: pathlib.Path, ports: Optional[tuple] = None) -> dict:
+    return {"nodes": scratch.nodes(ports), "backend": {"user": "postgres"},
+            "routing": {"strategy": "follower"},
+            "failover": {"mode": "auto", "state_file": str(state_file)},
+            "health": {"database": "postgres"}, "log": {"level": "debug"}}
+
+
+def log_has(relay, pattern: str) -> Optional[str]:
+    for line in relay.log_tail().splitlines():
+        if re.search(pattern, line):
+            return line
+    return None
+
+
+def wait_log(relay, pattern: str, timeout: float) -> str:
+    def find():
+        relay.check_alive()
+        return log_has(relay, pattern)
+    try:
+        return wait_until(find, timeout, interval=0.05, what=f"log /{pattern}/")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nlog tail:\n{relay.log_tail()[-6000:]}") from None
+
+
+def metric(relay, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{relay.admin_port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def in_recovery(scratch: Scratch, i: int) -> bool:
+    with scratch.connect(i) as c:
+        return c.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+
+
+class Writer(threading.Thread):
+    """Inserts through pgrelay as fast as it can; records every acknowledged id with its time."""
+
+    def __init__(self, relay):
+        super().__init__(daemon=True)
+        self.relay = relay
+        self.acked: list[tuple[int, float]] = []
+        self.errors: list[tuple[float, str]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        conn = None
+        while not self.stop.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = self.relay.connect(dbname="postgres", autocommit=True, connect_timeout=5)
+                row = conn.execute("INSERT INTO fo(v) VALUES (1) RETURNING id").fetchone()
+                self.acked.append((row[0], time.time()))
+            except psycopg.Error as e:
+                self.errors.append((time.time(), str(e).strip()))
+                time.sleep(0.05)
+                if conn is not None and conn.closed:
+                    conn = None
+        if conn is not None:
+            conn.close()
+
+
+def test_primary_killed_under_writes_is_failed_over(scratch, make_pgrelay, tmp_path):
+    scratch.create(sync=True)
+    state = tmp_path / "pgrelay.state"
+    relay = make_pgrelay(relay_config(scratch, state))
+    wait_log(relay, r"primary is p0 .*epoch 1", 10)
+    with relay.connect(dbname="postgres", autocommit=True) as conn:
+        conn.execute("CREATE TABLE fo (id bigserial PRIMARY KEY, v int)")
+
+    writer = Writer(relay)
+    writer.start()
+    wait_until(lambda: len(writer.acked) > 50, 20, what="writes before the failure")
+    scratch.stop(0)
+    killed = time.time()
+    promoted = wait_log(relay, r"promoted (s1|s2) .* to primary at epoch 2", 30)
+    new = 1 if "promoted s1" in promoted else 2
+    other = 3 - new
+    wait_until(lambda: any(t > killed for _, t in writer.acked), 30, what="a write after the failover")
+    time.sleep(1)
+    writer.stop.set()
+    writer.join(30)
+
+    before = max(t for _, t in writer.acked if t <= killed)
+    after = min(t for _, t in writer.acked if t > killed)
+    print(f"write unavailability: {after - before:.2f} s (last write before the kill -> first after); "
+          f"{len(writer.errors)} errors: {writer.errors[:3]}")
+    assert after - before <= 15, f"writes were unavailable for {after - before:.1f} s"
+    assert not in_recovery(scratch, new)
+
+    # Quorum commit (ANY 1 of the standbys): every acknowledged insert survived.
+    acked = {i for i, _ in writer.acked}
+    with scratch.connect(new) as c:
+        present = {r[0] for r in c.execute("SELECT id FROM fo").fetchall()}
+    assert acked <= present, f"{len(acked - present)} acknowledged inserts lost: {sorted(acked - present)[:10]}"
+
+    # The other standby follows the new primary.
+    def follows():
+        with scratch.connect(other) as c:
+            row = c.execute("SELECT status, sender_port FROM pg_stat_wal_receiver").fetchone()
+        return row is not None and row[0] == "streaming" and row[1] == scratch.ports[new]
+    wait_until(follows, 30, what=f"{scratch.names[other]} to stream from {scratch.names[new]}")
+    with relay.connect(dbname="postgres", autocommit=True) as conn:
+        marker = conn.execute("INSERT INTO fo(v) VALUES (42) RETURNING id").fetchone()[0]
+    def replicated():
+        with scratch.connect(other) as c:
+            return c.execute("SELECT count(*) FROM fo WHERE id = %s", (marker,)).fetchone()[0] == 1
+    wait_until(replicated, 15, what="a post-failover write on the re-pointed standby")
+    assert metric(relay, "pgrelay_failovers_total") == 1
+    assert metric(relay, "pgrelay_topology_epoch") == 2
+
+    # The old primary comes back, still claiming to be primary: fenced, no traffic.
+    scratch.start(0)
+    assert not in_recovery(scratch, 0)
+    wait_log(relay, r"node p0 \(\S+\) is fenced", 10)
+    wait_until(lambda: metric(relay, "pgrelay_fenced_nodes") == 1, 5, what="pgrelay_fenced_nodes 1")
+    with scratch.connect(0) as c:
+        old_count = c.execute("SELECT count(*) FROM fo").fetchone()[0]
+    with relay.connect(dbname="postgres", autocommit=True) as conn:
+        for _ in range(20):
+            port = conn.execute("INSERT INTO fo(v) VALUES (7) RETURNING inet_server_port()").fetchone()[0]
+            assert port == scratch.ports[new]
+        for _ in range(20):
+            assert conn.execute("SELECT inet_server_port()").fetchone()[0] != scratch.ports[0]
+    with scratch.connect(0) as c:
+        assert c.execute("SELECT count(*) FROM fo").fetchone()[0] == old_count
+
+    # A restarted pgrelay knows the new primary from its state file at once.
+    relay.stop()
+    assert f"primary={scratch.names[new]}" in state.read_text()
+    relay2 = make_pgrelay(relay_config(scratch, state))
+    with relay2.connect(dbname="postgres", autocommit=True) as conn:
+        port = conn.execute("INSERT INTO fo(v) VALUES (8) RETURNING inet_server_port()").fetchone()[0]
+        assert port == scratch.ports[new]
+    assert log_has(relay2, r"node p0 \(\S+\) is fenced") or metric(relay2, "pgrelay_fenced_nodes") == 1
+
+
+class Forwarder:
+    """A TCP forwarder 127.0.0.1:port -> target that can be cut (listener and connections)."""
+
+    def __init__(self, target_port: int):
+        self.target = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.socks: list[socket.socket] = []
+        self.cut = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.cut:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            self.socks += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut_off(self) -> None:
+        self.cut = True
+        for s in self.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.cut_off()
+        self.listener.close()
+
+
+def test_no_promotion_when_only_pgrelay_loses_the_primary(scratch, make_pgrelay, tmp_path):
+    scratch.create(sync=False)
+    fwd = Forwarder(scratch.ports[0])
+    try:
+        ports = (fwd.port, scratch.ports[1], scratch.ports[2])
+        relay = make_pgrelay(relay_config(scratch, tmp_path / "state", ports))
+        wait_log(relay, r"primary is p0 .*epoch 1", 10)
+        fwd.cut_off()
+        wait_log(relay, r"node p0 \(\S+\) is down after", 15)
+        line = wait_log(relay, r"still streams from the primary p0", 10)
+        assert "no promotion" in line
+        time.sleep(2)
+        assert log_has(relay, r"promoting") is None
+        assert not in_recovery(scratch, 0)
+        assert in_recovery(scratch, 1) and in_recovery(scratch, 2)
+        # Writes wait failover.hold_writes for a primary, then fail clearly.
+        with relay.connect(dbname="postgres", autocommit=True) as conn:
+            started = time.time()
+            with pytest.raises(psycopg.Error, match="no primary node is available"):
+                conn.execute("CREATE TABLE never (x int)")
+            assert 4 <= time.time() - started <= 15
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)  # reads go on
+    finally:
+        fwd.close()
