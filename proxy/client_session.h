@@ -39,6 +39,9 @@ class ClientSession {
   awaitable<void> Run();
   // Ends the session from outside (process shutdown): closes its sockets, so Run() returns.
   void Shutdown() { CloseAll(); }
+  // Closes the session's connection to node `node` (declared down or fenced): a statement
+  // waiting there gets an error; the session goes on elsewhere when it can.
+  void DropNode(int node, const char* why);
 
  private:
   // The replies to one unit (or one pgrelay-internal request), up to its ReadyForQuery.
@@ -62,6 +65,7 @@ class ClientSession {
     bool alive = true;
     bool reader_running = false;
     std::string rewritten;  // a FATAL relayed as ERROR (see RewriteFatal)
+    const char* dropped = nullptr;  // why pgrelay closed it (DropNode), for the log and client
   };
   // Extended-protocol messages since the last Sync, held until the batch can be routed whole.
   struct Batch {

@@ -30,6 +30,7 @@ struct Worker {
   asio::executor_work_guard<asio::io_context::executor_type> guard{io.get_executor()};
   std::unordered_set<ClientSession*> sessions;
   asio::steady_timer grace{io};
+  asio::steady_timer watch{io};  // WatchTopology's
   bool shutting_down = false;
   std::thread thread;
 
@@ -38,6 +39,7 @@ struct Worker {
   void BeginShutdown() {
     shutting_down = true;
     guard.reset();
+    watch.cancel();
     for (ClientSession* s : sessions) s->Shutdown();
     if (sessions.empty()) return;
     grace.expires_after(kShutdownGrace);
@@ -46,6 +48,36 @@ struct Worker {
     });
   }
 };
+
+// Drops this worker's backend connections to nodes the monitor has just declared down or
+// fenced: a statement waiting on a hung node gets an error instead of waiting forever, and no
+// session keeps talking to a stale primary.
+awaitable<void> WatchTopology(ServerContext* context, Worker* worker) {
+  uint64_t seen = 0;
+  std::vector<health::NodeHealth> last;
+  const auto period = std::max(std::chrono::milliseconds(50), context->config->health.interval / 4);
+  while (!worker->shutting_down) {
+    worker->watch.expires_after(period);
+    co_await worker->watch.async_wait(kNoThrow);
+    if (worker->shutting_down) break;
+    const auto topology = context->monitor->Snapshot();
+    if (topology->version == seen) continue;
+    seen = topology->version;
+    last.resize(topology->nodes.size(), health::NodeHealth::kUp);
+    for (size_t i = 0; i < topology->nodes.size(); ++i) {
+      const health::NodeHealth state = topology->nodes[i].state;
+      const bool lost = state == health::NodeHealth::kDown || state == health::NodeHealth::kFenced;
+      const bool was_lost =
+          last[i] == health::NodeHealth::kDown || last[i] == health::NodeHealth::kFenced;
+      last[i] = state;
+      if (!lost || was_lost) continue;
+      const char* why = state == health::NodeHealth::kDown
+                            ? "was declared down by the health checks"
+                            : "is fenced (it is not the primary of the current epoch)";
+      for (ClientSession* s : worker->sessions) s->DropNode(static_cast<int>(i), why);
+    }
+  }
+}
 
 awaitable<void> RunSession(tcp::socket socket, ServerContext* context, Worker* worker) {
   // Pick up a newer function catalog (a pointer compare; the load is rare).
@@ -148,7 +180,10 @@ int Server::Run() {
     return 1;
   }
 
-  for (auto& w : s.workers) w->thread = std::thread([&io = w->io] { io.run(); });
+  for (auto& w : s.workers) {
+    asio::co_spawn(w->io, WatchTopology(&s.context, w.get()), asio::detached);
+    w->thread = std::thread([&io = w->io] { io.run(); });
+  }
 
   asio::signal_set signals(s.main_io, SIGINT, SIGTERM);
   signals.async_wait([&](error_code, int signo) {

@@ -712,7 +712,12 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
     auto [ec, n] =
         co_await socket.async_read_some(asio::buffer(in.WritePtr(), in.WritableSize()), kNoThrow);
     if (ec) {
-      if (!ending_) OnBackendLost(b, ec == asio::error::eof ? "closed the connection" : ec.message());
+      if (!ending_) {
+        const std::string why = b->dropped != nullptr ? std::string(b->dropped)
+                                : ec == asio::error::eof ? std::string("closed the connection")
+                                                         : ec.message();
+        OnBackendLost(b, why);
+      }
       co_return;
     }
     in.Commit(n);
@@ -732,6 +737,16 @@ bool ClientSession::RewriteFatal(Backend* b, std::string_view message) {
   protocol::AppendError(&b->rewritten, "ERROR", fields.code, text,
                         "The statement may or may not have run; check before retrying.");
   return true;
+}
+
+void ClientSession::DropNode(int node, const char* why) {
+  if (node < 0 || static_cast<size_t>(node) >= backends_.size()) return;
+  Backend* b = backends_[node].get();
+  if (b == nullptr || !b->alive) return;
+  b->dropped = why;
+  error_code ignored;
+  b->conn->socket().cancel(ignored);
+  b->conn->socket().close(ignored);
 }
 
 void ClientSession::OnBackendLost(Backend* b, std::string_view why) {

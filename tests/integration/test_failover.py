@@ -54,7 +54,7 @@ class Scratch:
     def start(self, i: int) -> None:
         self.run("pg_ctl", "-D", str(self.dirs[i]), "-l", str(self.dir / f"{self.names[i]}.log"), "-w",
                  "-t", "60", "-o", f"-p {self.ports[i]} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                 f"-c fsync=off -c cluster_name={self.names[i]}", "start")
+                 f"-c fsync=off -c cluster_name={self.names[i]} -c wal_receiver_timeout=2s", "start")
 
     def stop(self, i: int) -> None:
         self.run("pg_ctl", "-D", str(self.dirs[i]), "-m", "immediate", "-w", "stop")
@@ -70,6 +70,39 @@ class Scratch:
             self.run("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.ports[0]), "-U", "postgres",
                      "-D", str(self.dirs[i]), "-R", "-X", "stream", "-C", "-S", self.names[i], "--no-sync")
             self.start(i)
+
+    def rejoin(self, i: int, primary: int) -> None:
+        """Makes node i a standby of `primary` again, as an operator would: a fresh base backup."""
+        if (self.dirs[i] / "postmaster.pid").exists():
+            self.stop(i)
+        shutil.rmtree(self.dirs[i])
+        with self.connect(primary) as c:
+            c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                      "WHERE slot_name = %s AND NOT active", (self.names[i],))
+        self.run("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.ports[primary]), "-U", "postgres",
+                 "-D", str(self.dirs[i]), "-R", "-X", "stream", "-C", "-S", self.names[i], "--no-sync")
+        self.start(i)
+
+    def streams_from(self, i: int, primary: int) -> bool:
+        try:
+            with self.connect(i) as c:
+                row = c.execute("SELECT status, sender_port FROM pg_stat_wal_receiver").fetchone()
+        except psycopg.Error:
+            return False
+        return row is not None and row[0] == "streaming" and row[1] == self.ports[primary]
+
+    def pids(self, i: int) -> list[int]:
+        """The postmaster of node i and all its children."""
+        postmaster = int((self.dirs[i] / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                children.append(int(stat.parent.name))
+        return [postmaster, *children]
 
     def connect(self, i: int) -> psycopg.Connection:
         return psycopg.connect(host="127.0.0.1", port=self.ports[i], user="postgres", dbname="postgres",
@@ -311,3 +344,89 @@ def test_no_promotion_when_only_pgrelay_loses_the_primary(scratch, make_pgrelay,
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)  # reads go on
     finally:
         fwd.close()
+
+
+def test_repeated_failovers_lose_no_acknowledged_write(scratch, make_pgrelay, tmp_path):
+    """Quorum commit (ANY 1 (*), synchronous_commit = on): five failovers in a row, the old
+    primary rejoined as a standby after each; every acknowledged insert survives all of them."""
+    scratch.create(sync=True)
+    relay = make_pgrelay(relay_config(scratch, tmp_path / "state"))
+    wait_log(relay, r"primary is p0 .*epoch 1", 10)
+    with relay.connect(dbname="postgres", autocommit=True) as conn:
+        conn.execute("CREATE TABLE fo (id bigserial PRIMARY KEY, v int)")
+    primary = 0
+    acked: set[int] = set()
+    for cycle in range(5):
+        epoch = cycle + 2
+        writer = Writer(relay)
+        writer.start()
+        wait_until(lambda: len(writer.acked) > 30, 30, what=f"writes before failure {cycle + 1}")
+        scratch.stop(primary)
+        killed = time.time()
+        line = wait_log(relay, rf"promoted (\S+) .* to primary at epoch {epoch}\b", 30)
+        new = scratch.names.index(re.search(r"promoted (\S+) ", line).group(1))
+        assert new != primary
+        wait_until(lambda: any(t > killed for _, t in writer.acked), 30, what="a write after the failover")
+        writer.stop.set()
+        writer.join(30)
+        acked |= {i for i, _ in writer.acked}
+        with scratch.connect(new) as c:
+            present = {r[0] for r in c.execute("SELECT id FROM fo").fetchall()}
+        lost = acked - present
+        assert not lost, f"failover {cycle + 1}: {len(lost)} acknowledged inserts lost: {sorted(lost)[:10]}"
+        # The operator rejoins the old primary as a standby; pgrelay uses it as a replica again.
+        scratch.rejoin(primary, new)
+        others = [i for i in range(3) if i != new]
+        wait_until(lambda: all(scratch.streams_from(i, new) for i in others), 60,
+                   what=f"both standbys streaming from {scratch.names[new]}")
+        wait_log(relay, rf"node {scratch.names[primary]} \(\S+\) (is up again|changed role: primary -> replica)", 15)
+        time.sleep(2 * 0.5)  # two health rounds: every replica seen streaming again
+        primary = new
+    assert metric(relay, "pgrelay_failovers_total") == 5
+    print(f"{len(acked)} acknowledged inserts, all present after 5 failovers")
+
+
+def test_hung_primary_is_failed_over_and_fenced_when_it_resumes(scratch, make_pgrelay, tmp_path):
+    """SIGSTOP of every process of the primary: probes time out, the standbys' WAL receivers
+    give up (wal_receiver_timeout = 2s), a standby is promoted; statements stuck on the hung
+    primary get an error instead of waiting forever. SIGCONT: the old primary is fenced."""
+    import signal
+    scratch.create(sync=False)
+    relay = make_pgrelay(dict(relay_config(scratch, tmp_path / "state"),
+                              health={"database": "postgres", "timeout": "1s"}))
+    wait_log(relay, r"primary is p0 .*epoch 1", 10)
+    with relay.connect(dbname="postgres", autocommit=True) as conn:
+        conn.execute("CREATE TABLE fo (id bigserial PRIMARY KEY, v int)")
+    writer = Writer(relay)
+    writer.start()
+    wait_until(lambda: len(writer.acked) > 30, 30, what="writes before the hang")
+    pids = scratch.pids(0)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    stopped = time.time()
+    try:
+        line = wait_log(relay, r"promoted (s1|s2) .* to primary at epoch 2", 40)
+        new = 1 if "promoted s1" in line else 2
+        wait_until(lambda: sum(1 for _, t in writer.acked if t > stopped) >= 5, 30,
+                   what="writes after the failover")
+        times = sorted(t for _, t in writer.acked)
+        gap = max(b - a for a, b in zip(times, times[1:]) if b > stopped)
+        print(f"hung primary: the longest pause between acknowledged writes was {gap:.1f} s; "
+              f"{sum(1 for t in times if stopped < t < stopped + 1)} writes in the first second, "
+              f"errors {writer.errors[:2]}")
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    wait_log(relay, r"node p0 \(\S+\) is fenced", 15)
+    with scratch.connect(0) as c:
+        old_count = c.execute("SELECT count(*) FROM fo").fetchone()[0]
+    time.sleep(1)
+    writer.stop.set()
+    writer.join(30)
+    with scratch.connect(0) as c:
+        assert c.execute("SELECT count(*) FROM fo").fetchone()[0] == old_count, "writes reached the fenced node"
+    with scratch.connect(new) as c:
+        assert c.execute("SELECT count(*) FROM fo").fetchone()[0] >= len({i for i, t in writer.acked if t > stopped})
