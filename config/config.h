@@ -80,6 +80,14 @@ struct FailoverConfig {
   uint64_t max_lag_bytes = 0;  // refuse a candidate further behind than this; 0 = no bound
   // The epoch record (ClusterStateStore). Empty: kept in memory only (lost on restart).
   std::string state_file;
+  // failover.hooks: shell commands with placeholders {failed} {failed_host} {failed_port}
+  // {candidate} {candidate_host} {candidate_port} {epoch}. before_promote runs first (e.g.
+  // fencing the old primary's host); if it fails, nothing is promoted (retried later).
+  // after_promote runs once the new primary is recorded and the replicas re-pointed (e.g.
+  // rejoining the old primary as a replica).
+  std::string before_promote;
+  std::string after_promote;
+  std::chrono::milliseconds hook_timeout{30000};
 };
 
 // An ordered routing rule (routing.rules): the first rule whose regular expression matches

@@ -707,6 +707,18 @@ void Loader::ReadFailover(const Entry& e) {
                               "between 0 (no bound) and 1PB"),
                  &failover.max_lag_bytes);
            }},
+          {"hooks",
+           [&](const Entry& f) {
+             VisitMap(f.value, f.path, f.line,
+                      {
+                          {"before_promote",
+                           [&](const Entry& g) { Set(ReadString(g), &failover.before_promote); }},
+                          {"after_promote",
+                           [&](const Entry& g) { Set(ReadString(g), &failover.after_promote); }},
+                          {"timeout",
+                           [&](const Entry& g) { Set(ReadDuration(g), &failover.hook_timeout); }},
+                      });
+           }},
           {"state_file",
            [&](const Entry& f) {
              const std::optional<std::string> path = ReadString(f);

@@ -22,6 +22,7 @@
 #include "config/log.h"
 #include "health/cluster_state.h"
 #include "health/failover.h"
+#include "health/hook.h"
 #include "health/node_probe.h"
 #include "health/node_state.h"
 #include "health/topology_builder.h"
@@ -85,6 +86,8 @@ class Monitor::Impl {
   bool RecordPrimary(const Topology& t);
   void MaybeFailover(const Topology& t);
   asio::awaitable<void> RunFailover(PromotionPlan plan, std::shared_ptr<const Topology> t);
+  asio::awaitable<bool> RunFailoverHook(const char* which, const std::string& command,
+                                        const std::vector<std::pair<std::string, std::string>>& values);
   std::string Label(size_t i) const;  // "pg1 (127.0.0.1:5432)"
 
   const std::shared_ptr<const config::Config> config_;
@@ -452,6 +455,25 @@ asio::awaitable<void> Monitor::Impl::RunFailover(PromotionPlan plan,
                                                << Label(plan.candidate) << ", received up to "
                                                << FormatLsn(plan.candidate_lsn));
   const asio::any_io_executor executor = io_.get_executor();
+  const HookValues values = {{"failed", failed.name},
+                             {"failed_host", failed.host},
+                             {"failed_port", std::to_string(failed.port)},
+                             {"candidate", candidate.name},
+                             {"candidate_host", candidate.host},
+                             {"candidate_port", std::to_string(candidate.port)},
+                             {"epoch", std::to_string(epoch_ + 1)}};
+  if (!config_->failover.before_promote.empty()) {
+    const bool ok = co_await RunFailoverHook("before_promote", config_->failover.before_promote,
+                                             values);
+    if (stopping_) co_return;
+    if (!ok) {
+      PGRELAY_LOG(kError, "failover", "before_promote failed: not promoting " << candidate.name
+                                                                             << "; retrying in 5 s");
+      failover_running_ = false;
+      next_failover_attempt_ = Clock::now() + std::chrono::seconds(5);
+      co_return;
+    }
+  }
   PromotionResult result = co_await Promote(executor, *config_, candidate, failover_cancel_);
   if (stopping_) co_return;
   if (!result.ok) {
@@ -491,6 +513,31 @@ asio::awaitable<void> Monitor::Impl::RunFailover(PromotionPlan plan,
       PGRELAY_LOG(kError, "failover", problem);
     }
   }
+  if (!config_->failover.after_promote.empty()) {
+    co_await RunFailoverHook("after_promote", config_->failover.after_promote, values);
+  }
+}
+
+asio::awaitable<bool> Monitor::Impl::RunFailoverHook(const char* which, const std::string& command,
+                                                     const HookValues& values) {
+  const std::string expanded = ExpandHook(command, values);
+  const asio::any_io_executor executor = io_.get_executor();
+  PGRELAY_LOG(kInfo, "failover", which << ": running " << expanded);
+  const HookResult r = co_await RunHook(executor, expanded, config_->failover.hook_timeout);
+  std::string output = r.output;
+  while (!output.empty() && (output.back() == '\n' || output.back() == '\r')) output.pop_back();
+  if (r.ok) {
+    PGRELAY_LOG(kInfo, "failover", which << " succeeded" << (output.empty() ? "" : ": ") << output);
+  } else {
+    PGRELAY_LOG(kError, "failover",
+                which << (r.timed_out ? " timed out after " + std::to_string(
+                                                                  config_->failover.hook_timeout.count()) +
+                                            " ms (failover.hooks.timeout)"
+                        : !r.error.empty() ? " could not run: " + r.error
+                                           : " exited with status " + std::to_string(r.exit_status))
+                      << (output.empty() ? "" : ": ") << output);
+  }
+  co_return r.ok;
 }
 
 Monitor::Monitor(std::shared_ptr<const config::Config> config)

@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+
 #include <unistd.h>
 
 #include <cstdio>
@@ -9,6 +13,7 @@
 #include <string>
 
 #include "health/cluster_state.h"
+#include "health/hook.h"
 #include "health/topology_builder.h"
 
 namespace pgrelay::health {
@@ -168,6 +173,51 @@ TEST(ClusterStateTest, LocalStoreSurvivesAReopen) {
   EXPECT_FALSE(again.Load(&loaded, &error));
   EXPECT_NE(error.find("not a valid"), std::string::npos);
   std::filesystem::remove(path);
+}
+
+}  // namespace
+}  // namespace pgrelay::health
+
+// --- Hooks ---
+
+namespace pgrelay::health {
+namespace {
+
+HookResult RunCommand(const std::string& command, std::chrono::milliseconds timeout) {
+  boost::asio::io_context io;
+  HookResult result;
+  boost::asio::co_spawn(
+      io,
+      [&]() -> boost::asio::awaitable<void> {
+        const boost::asio::any_io_executor ex = io.get_executor();
+        result = co_await RunHook(ex, command, timeout);
+      },
+      boost::asio::detached);
+  io.run();
+  return result;
+}
+
+TEST(HookTest, PlaceholdersAreShellQuoted) {
+  EXPECT_EQ(ExpandHook("fence {failed} on {failed_host}:{port} {unknown}",
+                       {{"failed", "pg1"}, {"failed_host", "it's"}, {"port", "5432"}}),
+            "fence 'pg1' on 'it'\\''s':'5432' {unknown}");
+}
+
+TEST(HookTest, CapturesOutputAndExitStatus) {
+  HookResult r = RunCommand("echo out; echo err >&2; exit 3", std::chrono::seconds(5));
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.exit_status, 3);
+  EXPECT_EQ(r.output, "out\nerr\n");
+  r = RunCommand("true", std::chrono::seconds(5));
+  EXPECT_TRUE(r.ok);
+}
+
+TEST(HookTest, TimeoutKillsTheWholeGroup) {
+  const auto start = std::chrono::steady_clock::now();
+  HookResult r = RunCommand("sleep 30 & sleep 30", std::chrono::milliseconds(300));
+  EXPECT_TRUE(r.timed_out);
+  EXPECT_FALSE(r.ok);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
 }
 
 }  // namespace

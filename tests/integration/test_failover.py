@@ -193,7 +193,13 @@ class Writer(threading.Thread):
 def test_primary_killed_under_writes_is_failed_over(scratch, make_pgrelay, tmp_path):
     scratch.create(sync=True)
     state = tmp_path / "pgrelay.state"
-    relay = make_pgrelay(relay_config(scratch, state))
+    hooks_out = tmp_path / "hooks.out"
+    config = relay_config(scratch, state)
+    config["failover"]["hooks"] = {
+        "before_promote": f"echo before {{failed}} {{failed_port}} {{candidate}} {{epoch}} >> {hooks_out}",
+        "after_promote": f"echo after {{failed}} {{candidate}} {{candidate_port}} >> {hooks_out}; echo hook-output",
+        "timeout": "10s"}
+    relay = make_pgrelay(config)
     wait_log(relay, r"primary is p0 .*epoch 1", 10)
     with relay.connect(dbname="postgres", autocommit=True) as conn:
         conn.execute("CREATE TABLE fo (id bigserial PRIMARY KEY, v int)")
@@ -238,6 +244,11 @@ def test_primary_killed_under_writes_is_failed_over(scratch, make_pgrelay, tmp_p
     wait_until(replicated, 15, what="a post-failover write on the re-pointed standby")
     assert metric(relay, "pgrelay_failovers_total") == 1
     assert metric(relay, "pgrelay_topology_epoch") == 2
+    # The hooks ran around the promotion, with their placeholders filled in, output logged.
+    wait_log(relay, r"after_promote succeeded: hook-output", 10)
+    assert hooks_out.read_text().splitlines() == [
+        f"before p0 {scratch.ports[0]} {scratch.names[new]} 2",
+        f"after p0 {scratch.names[new]} {scratch.ports[new]}"]
 
     # The old primary comes back, still claiming to be primary: fenced, no traffic.
     scratch.start(0)
