@@ -1027,3 +1027,31 @@ def test_strategy_override_by_user_and_database(make_pgrelay, cluster):
     with relay.connect(autocommit=True) as conn:
         counts = count_ports(conn, 50)
     assert cluster.primary_port not in counts, f"override to follower ignored: {counts}"
+
+
+def test_replica_killed_reads_move_without_client_errors(make_pgrelay, cluster):
+    """A replica stopped (immediate): idle sessions' next reads succeed elsewhere at once, and
+    within two health intervals no read is even attempted on it."""
+    from replication import data_dir, start_node, stop_node_immediate
+    relay = make_pgrelay(FOLLOWER)
+    killed_port = cluster.replica_ports[1]
+    sessions = [relay.connect(autocommit=True) for _ in range(6)]
+    try:
+        for conn in sessions:  # every session has used both replicas
+            assert {port_of(conn) for _ in range(4)} == set(cluster.replica_ports)
+        d = data_dir(cluster, killed_port)
+        stop_node_immediate(cluster, d)
+        killed = time.time()
+        try:
+            for conn in sessions:  # idle sessions: no error, never the dead node
+                for _ in range(3):
+                    assert port_of(conn) != killed_port
+            time.sleep(max(0.0, killed + 2 * HEALTH_INTERVAL + 0.3 - time.time()))
+            for conn in sessions:
+                assert {port_of(conn) for _ in range(4)} == {cluster.replica_ports[0]}
+        finally:
+            start_node(cluster, d)
+            wait_replayed(cluster, timeout=60)
+    finally:
+        for conn in sessions:
+            conn.close()
