@@ -71,6 +71,7 @@ NodeTransition NodeState::CountFailure(Clock::time_point now) {
 
 NodeTransition NodeState::OnFailure(std::string_view error, Clock::time_point now) {
   last_error_ = error;
+  ++failures_total_;
   return CountFailure(now);
 }
 
@@ -84,6 +85,7 @@ NodeTransition NodeState::OnLate(std::string_view what, Clock::time_point now) {
     return t;
   }
   last_error_ = what;
+  ++failures_total_;
   return CountFailure(now);
 }
 
@@ -98,6 +100,7 @@ void NodeState::SetFenced(bool fenced) {
 
 void NodeState::Fill(NodeStatus* status) const {
   status->state = health_;
+  status->probe_failures_total = failures_total_;
   status->role = role_;
   status->up = last_probe_ok_;
   status->last_error = last_error_;

@@ -80,6 +80,7 @@ class NodeState {
   bool ever_up_ = false;
   bool last_probe_ok_ = false;
   int failures_ = 0;
+  uint64_t failures_total_ = 0;  // every failed or late probe since start
   int successes_ = 0;
   Clock::time_point last_probe_{};
   Clock::time_point last_success_{};

@@ -59,6 +59,7 @@ struct NodeStatus {
   std::optional<double> replay_lag_seconds;
 
   int consecutive_failures = 0;
+  uint64_t probe_failures_total = 0;  // failed (or late) probes since pgrelay started
   int consecutive_successes = 0;
   std::chrono::steady_clock::time_point last_probe{};  // when the last probe ended; {} = never
 };

@@ -53,6 +53,9 @@ ClientSession::ClientSession(tcp::socket socket, ServerContext& context, WorkerC
 }
 
 ClientSession::~ClientSession() {
+  for (auto& b : backends_) {
+    if (b) CountBackend(b.get(), false);
+  }
   if (pid_ != 0) ctx_.cancels->Unregister(pid_);
   if (counted_) ctx_.client_connections.fetch_sub(1, std::memory_order_relaxed);
 }
@@ -71,6 +74,7 @@ awaitable<void> ClientSession::SendFatal(std::string_view code, std::string_view
   // Another writer may be mid-message (a backend reader): wait for it, then write alone.
   while (client_writing_) co_await client_write_free_.Wait();
   client_writing_ = true;
+  if (!started_) CountRejected(code);
   scratch_.clear();
   protocol::AppendError(&scratch_, "FATAL", code, message, hint);
   co_await client_stream_.Write(scratch_);
@@ -78,9 +82,39 @@ awaitable<void> ClientSession::SendFatal(std::string_view code, std::string_view
   client_write_free_.Notify();
 }
 
+void ClientSession::CountRejected(std::string_view code) {
+  if (rejected_counted_) return;
+  rejected_counted_ = true;
+  using admin::RejectReason;
+  RejectReason reason = RejectReason::kProtocolError;
+  if (code == sqlstate::kTooManyConnections) {
+    reason = RejectReason::kMaxConnections;
+  } else if (code.starts_with("28")) {
+    reason = RejectReason::kAuthFailed;
+  } else if (code.starts_with("3D")) {
+    reason = RejectReason::kAuthFailed;  // no such database: refused like a bad login
+  } else if (code == sqlstate::kCannotConnectNow || code.starts_with("08")) {
+    reason = code == sqlstate::kProtocolViolation ? RejectReason::kProtocolError
+                                                  : RejectReason::kBackendUnavailable;
+  } else if (code == sqlstate::kAdminShutdown) {
+    reason = RejectReason::kShuttingDown;
+  }
+  worker_.metrics->Inc(ctx_.metrics->client_connections_rejected.At(reason));
+}
+
+void ClientSession::CountBackend(Backend* b, bool open) {
+  if (b->counted == open) return;
+  b->counted = open;
+  worker_.metrics->Add(ctx_.metrics->backend_connections.At(static_cast<size_t>(b->node)),
+                       open ? 1 : -1);
+}
+
 awaitable<void> ClientSession::Run() {
   try {
-    if (co_await Startup()) co_await Relay();
+    if (co_await Startup()) {
+      started_ = true;
+      co_await Relay();
+    }
   } catch (const std::exception& e) {
     PGRELAY_LOG(kError, "session", "client " << peer_ << ": internal error: " << e.what());
   }
@@ -94,6 +128,11 @@ awaitable<bool> ClientSession::Startup() {
   bool ok = co_await StartupSteps();
   watchdog.Disarm();
   if (watchdog.fired()) {
+    if (!rejected_counted_) {
+      rejected_counted_ = true;
+      worker_.metrics->Inc(
+          ctx_.metrics->client_connections_rejected.At(admin::RejectReason::kStartupTimeout));
+    }
     PGRELAY_LOG(kWarning, "session",
                 "client " << peer_ << ": start-up and authentication took"
                           << " longer than startup_timeout, closed");
@@ -378,12 +417,20 @@ awaitable<bool> ClientSession::ConnectFirstBackend() {
     b = std::make_unique<Backend>();
     b->node = candidate;
     b->conn = std::make_unique<BackendConnection>(client_.get_executor(), &worker_.pool);
-    if (co_await b->conn->Login(LoginParamsFor(*node))) break;
+    const BackendLoginParams params = LoginParamsFor(*node);
+    if (co_await b->conn->Login(params)) {
+      CountBackend(b.get(), true);
+      break;
+    }
+    worker_.metrics->Inc(ctx_.metrics->backend_connect_failures.At(static_cast<size_t>(candidate)));
     PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": backend login to " << node->name
                                                << " failed: " << b->conn->error_message());
     const bool last = candidate == candidates.back();
     if (!b->conn->server_error().empty()) {
       // The server refused the client (credentials, database): that is the client's answer.
+      const protocol::ErrorFields fields =
+          protocol::ParseErrorFields(std::string_view(b->conn->server_error()).substr(5));
+      CountRejected(fields.code);
       co_await client_stream_.Write(b->conn->server_error());
       co_return false;
     }

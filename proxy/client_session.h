@@ -66,6 +66,7 @@ class ClientSession {
     bool reader_running = false;
     std::string rewritten;  // a FATAL relayed as ERROR (see RewriteFatal)
     const char* dropped = nullptr;  // why pgrelay closed it (DropNode), for the log and client
+    bool counted = false;           // in pgrelay_backend_connections
   };
   // Extended-protocol messages since the last Sync, held until the batch can be routed whole.
   struct Batch {
@@ -116,12 +117,18 @@ class ClientSession {
   // "no primary node is available (pg1: <why>; ...)": tells the client what the probes saw.
   static std::string NoPrimaryMessage(const health::Topology& topology);
   void CloseAll();
+  // Metrics: a refused start-up by its SQLSTATE (once per session); a backend connection
+  // opened (true) or gone (false), counted once each way.
+  void CountRejected(std::string_view code);
+  void CountBackend(Backend* b, bool open);
 
   // The relay (session_relay.cc).
   awaitable<void> Relay();
   awaitable<bool> ClientPump();
   awaitable<bool> OnClientMessage(char type, std::string_view msg);
   void NoteStatementUse(std::string_view name, bool executes);
+  // Classifies with the worker's classifier and publishes its cache counters.
+  routing::Classification Classify(std::string_view sql);
   awaitable<void> SendBatch(bool final, bool forced);
   awaitable<Backend*> Choose(const routing::UnitTraits& traits, bool respond_ready = true);
   awaitable<Backend*> OpenBackend(int node);
@@ -205,6 +212,8 @@ class ClientSession {
   std::vector<std::pair<std::string, std::string>> forwarded_params_;
   const AuthDirectory::User* auth_user_ = nullptr;
   bool counted_ = false;
+  bool started_ = false;           // start-up done: the relay runs
+  bool rejected_counted_ = false;
   int32_t pid_ = 0;
   int32_t key_ = 0;
 

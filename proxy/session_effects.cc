@@ -121,6 +121,7 @@ void ClientSession::DropOtherBackends(Backend* keep) {
     if (other == nullptr || other == keep || !other->alive || other->forward_pending > 0) continue;
     // Closing ends its reader; the next unit routed there opens a fresh connection.
     other->alive = false;
+    CountBackend(other, false);
     error_code ignored;
     other->conn->socket().close(ignored);
     if (unnamed_home_ == other) unnamed_home_ = nullptr;

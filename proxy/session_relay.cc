@@ -132,10 +132,12 @@ awaitable<bool> ClientSession::ClientPump() {
       auto [ec, n] = std::get<0>(r);
       if (ec) co_return false;
       client_buf_.Commit(n);
+      worker_.metrics->Inc(ctx_.metrics->client_bytes_received.At(), n);
     } else {
       auto [ec, n] = co_await client_.async_read_some(buffer, kNoThrow);
       if (ec) co_return false;
       client_buf_.Commit(n);
+      worker_.metrics->Inc(ctx_.metrics->client_bytes_received.At(), n);
     }
   }
 }
@@ -146,7 +148,7 @@ awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) 
     case 'Q': {
       if (!batch_.empty()) co_await SendBatch(/*final=*/false, /*forced=*/true);
       std::string_view sql = r.CString();
-      routing::Classification c = worker_.classifier.Classify(sql);
+      routing::Classification c = Classify(sql);
       if (co_await HandlePgrelayCommand(sql, c)) co_return !ending_;
       routing::UnitTraits traits = TraitsOf(c);
       unit_statements_.clear();
@@ -169,7 +171,7 @@ awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) 
     case 'P': {
       std::string_view name = r.CString();
       std::string_view sql = r.CString();
-      routing::Classification c = worker_.classifier.Classify(sql);
+      routing::Classification c = Classify(sql);
       routing::UnitTraits traits = TraitsOf(c);
       batch_.traits.Merge(traits);
       batch_.has_statement = true;
@@ -249,6 +251,15 @@ awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) 
   }
   if (batch_.bytes.size() > kMaxHeldBatch) co_await SendBatch(false, true);
   co_return !ending_;
+}
+
+routing::Classification ClientSession::Classify(std::string_view sql) {
+  routing::Classification c = worker_.classifier.Classify(sql);
+  const routing::Classifier::Stats& stats = worker_.classifier.stats();
+  const admin::ProxyMetrics& pm = *ctx_.metrics;
+  worker_.metrics->Set(pm.classifier_cache_hits.At(), stats.hits);
+  worker_.metrics->Set(pm.classifier_cache_misses.At(), stats.misses);
+  return c;
 }
 
 void ClientSession::NoteStatementUse(std::string_view name, bool executes) {
@@ -421,6 +432,7 @@ awaitable<ClientSession::Backend*> ClientSession::OpenBackend(int node) {
   }
   if (slot && current_ == slot.get()) current_ = nullptr;
   if (slot && unnamed_home_ == slot.get()) unnamed_home_ = nullptr;
+  if (slot) CountBackend(slot.get(), false);
   auto topology = ctx_.monitor->Snapshot();
   const health::NodeStatus& status = topology->nodes[node];
   BackendLoginParams params = LoginParamsFor(status);
@@ -428,12 +440,14 @@ awaitable<ClientSession::Backend*> ClientSession::OpenBackend(int node) {
   b->node = node;
   b->conn = std::make_unique<BackendConnection>(client_.get_executor(), &worker_.pool);
   if (!co_await b->conn->Login(params)) {
+    worker_.metrics->Inc(ctx_.metrics->backend_connect_failures.At(static_cast<size_t>(node)));
     last_connect_error_ = b->conn->error_message();
     PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": could not open a connection to node "
                                                << status.name << ": " << last_connect_error_);
     co_return nullptr;
   }
   slot = std::move(b);
+  CountBackend(slot.get(), true);
   StartReader(slot.get());
   co_return slot.get();
 }
@@ -554,6 +568,7 @@ awaitable<bool> ClientSession::WriteToClient(const std::vector<asio::const_buffe
   while (client_writing_) co_await client_write_free_.Wait();
   client_writing_ = true;
   auto [ec, n] = co_await asio::async_write(client_, buffers, kNoThrow);
+  worker_.metrics->Inc(ctx_.metrics->client_bytes_sent.At(), n);
   client_writing_ = false;
   client_write_free_.Notify();
   if (ec) {
@@ -751,6 +766,7 @@ void ClientSession::DropNode(int node, const char* why) {
 
 void ClientSession::OnBackendLost(Backend* b, std::string_view why) {
   b->alive = false;
+  CountBackend(b, false);
   error_code ignored;
   b->conn->socket().close(ignored);
   if (current_ == b && (tx_status_ != 'I' || tx_predicted_)) {

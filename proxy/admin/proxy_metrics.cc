@@ -135,6 +135,11 @@ void AddTopologyMetrics(Registry& r, TopologySource source) {
                   const auto topology = source ? source() : nullptr;
                   if (topology) sink.Add({}, static_cast<double>(topology->epoch));
                 });
+  r.AddCallback(MetricType::kCounter, "pgrelay_health_probe_failures_total",
+                "Failed (or overdue) health probes, by node.", {"node"},
+                each_node([](const health::NodeStatus& n, SampleSink& sink) {
+                  sink.Add({n.name}, static_cast<double>(n.probe_failures_total));
+                }));
   r.AddCallback(MetricType::kCounter, "pgrelay_failovers_total",
                 "Promotions pgrelay carried out.", {}, [source](SampleSink& sink) {
                   const auto topology = source ? source() : nullptr;
@@ -222,8 +227,6 @@ ProxyMetrics::ProxyMetrics(const config::Config& config, size_t workers, Topolog
       "How long reads that waited for a consistent replica waited (wherever they ran then), by "
       "strategy.",
       kLatencyBuckets, {consistency});
-  health_probe_failures =
-      r.AddCounter("pgrelay_health_probe_failures_total", "Failed health probes, by node.", {node});
   config_reloads = r.AddCounter("pgrelay_config_reloads_total", "Config reloads, by result.",
                                 {{"result", {"success", "failure"}}});
 

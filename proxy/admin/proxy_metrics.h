@@ -68,7 +68,6 @@ using TopologySource = std::function<std::shared_ptr<const health::Topology>()>;
 //   read sent to primary    reads_fallback_primary (no eligible replica)
 //   session pinned          sessions_pinned.At(PinReason), once per pin
 //   after Classify()        Set(classifier_cache_hits / _misses, classifier.stats().hits/misses)
-//   health probe failed     health_probe_failures.At(node)   (MonitorShard)
 //   config reload           config_reloads (the thread doing it)
 
 class ProxyMetrics {
@@ -111,7 +110,6 @@ class ProxyMetrics {
   CounterFamily consistency_waits;        // pgrelay_consistency_waits_total{strategy}
   CounterFamily consistency_fallbacks;    // pgrelay_consistency_fallbacks_total{strategy}
   HistogramFamily consistency_wait_duration;  // pgrelay_consistency_wait_seconds{strategy}
-  CounterFamily health_probe_failures;    // pgrelay_health_probe_failures_total{node}
   CounterFamily config_reloads;           // pgrelay_config_reloads_total{result}
 
   // Computed at scrape time from the topology: pgrelay_node_up{node},
@@ -119,6 +117,7 @@ class ProxyMetrics {
   // pgrelay_node_replay_lag_bytes{node}, pgrelay_node_replay_lag_seconds{node},
   // pgrelay_node_timeline{node}, pgrelay_topology_epoch, pgrelay_topology_primary_conflict,
   // pgrelay_failovers_total, pgrelay_last_failover_duration_seconds, pgrelay_fenced_nodes,
+  // pgrelay_health_probe_failures_total{node},
   // and pgrelay_start_time_seconds.
 
  private:

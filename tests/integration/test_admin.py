@@ -19,6 +19,7 @@ import urllib.parse
 import urllib.request
 from typing import Optional
 
+import psycopg
 import pytest
 
 from conftest import DIRECT, free_port, to_yaml, wait_until
@@ -331,3 +332,26 @@ def test_prometheus_scrapes_pgrelay(make_pgrelay, tmp_path):
             proc.kill()
             proc.wait()
         log.close()
+
+
+def test_connection_byte_backend_classifier_and_rejection_counters(make_pgrelay, cluster):
+    relay = make_pgrelay({"routing": {"strategy": "follower"}})
+    require_admin(relay)
+    with relay.connect(autocommit=True) as conn:
+        for _ in range(5):  # parsed once, then answered from the classifier's cache
+            conn.execute("SELECT count(*) FROM pg_class WHERE relname = lower('X')").fetchone()
+        text = scrape(relay)
+        # One session: its primary connection and one per replica it read from.
+        assert total(text, "pgrelay_backend_connections") >= 2
+        assert total(text, "pgrelay_client_bytes_received_total") > 0
+        assert total(text, "pgrelay_client_bytes_sent_total") > 0
+        assert total(text, "pgrelay_classifier_cache_hits_total") >= 4  # the same text 5 times
+        assert total(text, "pgrelay_classifier_cache_misses_total") >= 1
+    with pytest.raises(psycopg.OperationalError):
+        relay.connect(password="wrong-password")
+    def counted():
+        t = scrape(relay)
+        return (total(t, "pgrelay_client_connections_rejected_total", reason="auth_failed") == 1
+                and total(t, "pgrelay_backend_connections") == 0)
+    wait_until(counted, 5, what="the rejection counted and the backend connections closed")
+    assert total(scrape(relay), "pgrelay_health_probe_failures_total", node="pg1") == 0

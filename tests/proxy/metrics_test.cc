@@ -305,6 +305,7 @@ std::shared_ptr<const health::Topology> FakeTopology() {
   pg2.timeline = 1;
   pg2.replay_lag_bytes = 0x60;
   pg2.replay_lag_seconds = 1.25;
+  pg2.probe_failures_total = 4;
   health::NodeStatus pg3;
   pg3.name = "pg3";
   pg3.host = "127.0.0.1";
@@ -344,7 +345,6 @@ TEST(ProxyMetricsTest, ExposesTheDocumentedFamilies) {
   w0.Observe(m.statement_duration.At(1), 0.003);
   w0.Inc(m.client_bytes_received.At(), 100);
   w0.Inc(m.sessions_pinned.At(PinReason::kListen));
-  m.MonitorShard().Inc(m.health_probe_failures.At(2), 4);
   m.ControlShard().Inc(m.config_reloads.At(ReloadResult::kFailure));
   m.ControlShard().Inc(m.consistency_waits.At(ConsistencyStrategy::kQuorum));
 
@@ -366,7 +366,7 @@ TEST(ProxyMetricsTest, ExposesTheDocumentedFamilies) {
            "pgrelay_client_bytes_received_total 100",
            "pgrelay_client_bytes_sent_total 0",
            "pgrelay_sessions_pinned_total{reason=\"listen\"} 1",
-           "pgrelay_health_probe_failures_total{node=\"pg3\"} 4",
+           "pgrelay_health_probe_failures_total{node=\"pg2\"} 4",
            "pgrelay_config_reloads_total{result=\"failure\"} 1",
            "pgrelay_consistency_waits_total{strategy=\"quorum\"} 1",
            "pgrelay_reads_fallback_primary_total 0",
