@@ -132,6 +132,8 @@ class ClientSession {
   awaitable<void> SendBatch(bool final, bool forced);
   awaitable<Backend*> Choose(const routing::UnitTraits& traits, bool respond_ready = true);
   awaitable<Backend*> OpenBackend(int node);
+  // Admin PAUSE: holds the next unit at a transaction boundary until RESUME (or the pause's end).
+  awaitable<void> WaitWhilePaused();
   awaitable<Backend*> HoldForPrimary(const routing::UnitTraits& traits,
                                      const routing::SessionRouting& session,
                                      std::shared_ptr<const health::Topology>* topology);

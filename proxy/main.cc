@@ -1,4 +1,5 @@
 // pgrelay: a read/write-splitting PostgreSQL proxy. Command line entry point.
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -35,6 +36,37 @@ int PrintErrors(const std::string& path, const pgrelay::config::LoadResult& resu
 }
 
 }  // namespace
+
+// POST /pause[?timeout=SECONDS] and /resume; the other actions are not built yet (501).
+pgrelay::admin::ActionResult AdminAction(pgrelay::proxy::PauseGate* pause, std::string_view action,
+                                         std::string_view query) {
+  constexpr int kDefaultPauseSeconds = 30;
+  constexpr int kMaxPauseSeconds = 3600;
+  if (action == "pause") {
+    int seconds = kDefaultPauseSeconds;
+    if (!query.empty()) {
+      constexpr std::string_view kKey = "timeout=";
+      std::string_view value = query.starts_with(kKey) ? query.substr(kKey.size()) : "";
+      if (value.ends_with('s')) value.remove_suffix(1);
+      const auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), seconds);
+      if (value.empty() || ec != std::errc() || ptr != value.data() + value.size() || seconds < 1 ||
+          seconds > kMaxPauseSeconds) {
+        return {400, "usage: POST /pause?timeout=SECONDS (1.." + std::to_string(kMaxPauseSeconds) +
+                         ", default " + std::to_string(kDefaultPauseSeconds) + ")\n"};
+      }
+    }
+    pause->Pause(std::chrono::seconds(seconds));
+    PGRELAY_LOG(kWarning, "admin", "paused: new statements wait at transaction boundaries for up to "
+                                       << seconds << " s (POST /resume ends it)");
+    return {200, "paused for up to " + std::to_string(seconds) + " s\n"};
+  }
+  if (action == "resume") {
+    pause->Resume();
+    PGRELAY_LOG(kWarning, "admin", "resumed");
+    return {200, "resumed\n"};
+  }
+  return {501, "POST /" + std::string(action) + " is not implemented yet\n"};
+}
 
 int main(int argc, char** argv) {
   std::string config_path;
@@ -93,6 +125,10 @@ int main(int argc, char** argv) {
   admin_sources.metrics = &metrics.registry();
   admin_sources.client_connections = [&metrics] { return metrics.ClientConnections(); };
   admin_sources.backend_connections = [&metrics] { return metrics.BackendConnections(); };
+  pgrelay::proxy::PauseGate pause;
+  admin_sources.on_action = [&pause](std::string_view action, std::string_view query) {
+    return AdminAction(&pause, action, query);
+  };
   pgrelay::admin::AdminServer admin(admin_options, admin_sources);
   try {
     admin.Start();
@@ -104,7 +140,7 @@ int main(int argc, char** argv) {
   }
   int rc = 0;
   {
-    pgrelay::proxy::Server server(result.config, &monitor, &catalog, &lsn, &metrics);
+    pgrelay::proxy::Server server(result.config, &monitor, &catalog, &lsn, &metrics, &pause);
     rc = server.Run();
   }
   admin.Stop();

@@ -144,8 +144,10 @@ struct Server::Impl {
 
 Server::Server(std::shared_ptr<const config::Config> config, health::Monitor* monitor,
                health::CatalogRefresher* catalog, health::LsnTracker* lsn,
-               admin::ProxyMetrics* metrics)
-    : impl_(std::make_unique<Impl>(std::move(config), monitor, catalog, lsn, metrics)) {}
+               admin::ProxyMetrics* metrics, const PauseGate* pause)
+    : impl_(std::make_unique<Impl>(std::move(config), monitor, catalog, lsn, metrics)) {
+  impl_->context.pause = pause;
+}
 
 int Server::WorkerCount(const config::Config& config) {
   return config.workers > 0 ? config.workers

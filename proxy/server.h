@@ -9,13 +9,15 @@
 #include "health/lsn_tracker.h"
 #include "health/monitor.h"
 #include "proxy/admin/proxy_metrics.h"
+#include "proxy/pause_gate.h"
 
 namespace pgrelay::proxy {
 
 class Server {
  public:
   Server(std::shared_ptr<const config::Config> config, health::Monitor* monitor,
-         health::CatalogRefresher* catalog, health::LsnTracker* lsn, admin::ProxyMetrics* metrics);
+         health::CatalogRefresher* catalog, health::LsnTracker* lsn, admin::ProxyMetrics* metrics,
+         const PauseGate* pause);
   // The number of worker threads the config asks for (0 = one per core).
   static int WorkerCount(const config::Config& config);
   ~Server();

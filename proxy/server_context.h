@@ -13,6 +13,7 @@
 #include "proxy/admin/proxy_metrics.h"
 #include "proxy/auth_directory.h"
 #include "proxy/cancel_registry.h"
+#include "proxy/pause_gate.h"
 
 namespace pgrelay::proxy {
 
@@ -21,6 +22,7 @@ struct ServerContext {
   const health::Monitor* monitor = nullptr;
   health::CatalogRefresher* catalog = nullptr;  // function volatility for the classifiers
   health::LsnTracker* lsn = nullptr;  // fresh WAL positions for read-your-writes / quorum
+  const PauseGate* pause = nullptr;   // admin PAUSE / RESUME
   admin::ProxyMetrics* metrics = nullptr;
   const AuthDirectory* auth = nullptr;
   CancelRegistry* cancels = nullptr;

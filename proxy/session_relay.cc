@@ -337,6 +337,7 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
   bool pending = current_ && current_->forward_pending > 0;
   bool in_tx = pending ? tx_predicted_ : tx_status_ != 'I';
   if (in_tx && current_ && current_->alive) co_return current_;
+  if (ctx_.pause != nullptr && ctx_.pause->Paused()) co_await WaitWhilePaused();
   // Read-your-writes and quorum: a read pipelined behind the session's own writes runs after
   // them, where they run.
   if (Consistent() && writes_in_flight_ > 0 && current_ && current_->alive) co_return current_;
@@ -388,6 +389,14 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
     co_await RespondError(sqlstate::kUnableToConnect, message, respond_ready);
   }
   co_return b;
+}
+
+awaitable<void> ClientSession::WaitWhilePaused() {
+  asio::steady_timer timer(client_.get_executor());
+  while (!ending_ && ctx_.pause->Paused()) {
+    timer.expires_after(std::chrono::milliseconds(20));
+    co_await timer.async_wait(kNoThrow);
+  }
 }
 
 awaitable<ClientSession::Backend*> ClientSession::HoldForPrimary(

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -355,3 +356,32 @@ def test_connection_byte_backend_classifier_and_rejection_counters(make_pgrelay,
                 and total(t, "pgrelay_backend_connections") == 0)
     wait_until(counted, 5, what="the rejection counted and the backend connections closed")
     assert total(scrape(relay), "pgrelay_health_probe_failures_total", node="pg1") == 0
+
+
+def test_pause_holds_statements_at_transaction_boundaries_until_resume(make_pgrelay):
+    relay = make_pgrelay({"admin": {"token": TOKEN}})
+    require_admin(relay)
+    with relay.connect(autocommit=True) as idle, relay.connect(autocommit=True) as in_tx:
+        in_tx.execute("BEGIN")
+        in_tx.execute("SELECT 1")
+        status, _, body = http(relay, "POST", "/pause?timeout=20", token=TOKEN)
+        assert status == 200 and "paused" in body, body
+        # A session inside a transaction finishes it; its next transaction waits.
+        assert in_tx.execute("SELECT 2").fetchone() == (2,)
+        in_tx.execute("COMMIT")
+        done = []
+        t = threading.Thread(target=lambda: done.append(idle.execute("SELECT 3").fetchone()))
+        started = time.time()
+        t.start()
+        time.sleep(1.0)
+        assert not done, "a statement ran while pgrelay was paused"
+        assert http(relay, "POST", "/resume", token=TOKEN)[0] == 200
+        t.join(10)
+        assert done == [(3,)] and time.time() - started >= 1.0
+    # A pause ends by itself after its timeout.
+    assert http(relay, "POST", "/pause?timeout=1", token=TOKEN)[0] == 200
+    started = time.time()
+    with relay.connect(autocommit=True) as conn:
+        assert conn.execute("SELECT 4").fetchone() == (4,)
+    assert 0.5 <= time.time() - started <= 5
+    assert http(relay, "POST", "/pause?timeout=soon", token=TOKEN)[0] == 400
