@@ -27,14 +27,8 @@ constexpr auto kStreamWait = std::chrono::seconds(15);
 PgConnectParams ControlParams(const config::Config& config, const NodeStatus& node) {
   const config::BackendCredentials creds =
       config.failover.control ? *config.failover.control : config.MonitorCredentials();
-  PgConnectParams p;
-  p.host = node.host;
-  p.port = node.port;
-  p.user = creds.user;
-  p.password = creds.password;
-  p.dbname = config.health.database;
-  p.application_name = "pgrelay-failover";
-  return p;
+  return NodeConnectParams(node.host, node.port, creds.user, creds.password,
+                           config.health.database, "pgrelay-failover");
 }
 
 std::string Literal(std::string_view v) {

@@ -108,14 +108,8 @@ class LsnTracker::Impl {
 
   PgConnectParams ParamsFor(const NodeStatus& node) const {
     const config::BackendCredentials creds = config_->MonitorCredentials();
-    PgConnectParams p;
-    p.host = node.host;
-    p.port = node.port;
-    p.user = creds.user;
-    p.password = creds.password;
-    p.dbname = config_->health.database;
-    p.application_name = "pgrelay-lsn";
-    return p;
+    return NodeConnectParams(node.host, node.port, creds.user, creds.password,
+                             config_->health.database, "pgrelay-lsn");
   }
 
   // Runs `sql` on `conn` against `node`, (re)connecting as needed; the answer's LSN or 0.

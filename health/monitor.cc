@@ -133,12 +133,8 @@ Monitor::Impl::Impl(std::shared_ptr<const config::Config> config,
                                     config_->health.recovery_threshold};
   nodes_.reserve(config_->nodes.size());
   for (const config::NodeConfig& node : config_->nodes) {
-    PgConnectParams params;
-    params.host = node.host;
-    params.port = node.port;
-    params.user = creds.user;
-    params.password = creds.password;
-    params.dbname = config_->health.database;
+    PgConnectParams params = NodeConnectParams(node.host, node.port, creds.user, creds.password,
+                                               config_->health.database, "pgrelay-health");
     Node& n = nodes_.emplace_back(Node{&node, nullptr, NodeState(thresholds)});
     n.probe = std::make_unique<NodeProbe>(io_.get_executor(), std::move(params));
   }

@@ -33,6 +33,21 @@ struct PgResult {
   std::string command_status;   // e.g. "SELECT 1" (of the last result)
 };
 
+// The parameters of pgrelay's own connections to a node (health and LSN probes, failover).
+inline PgConnectParams NodeConnectParams(const std::string& host, uint16_t port,
+                                         const std::string& user, const std::string& password,
+                                         const std::string& dbname,
+                                         const char* application_name) {
+  PgConnectParams p;
+  p.host = host;
+  p.port = port;
+  p.user = user;
+  p.password = password;
+  p.dbname = dbname;
+  p.application_name = application_name;
+  return p;
+}
+
 class PgConnection {
  public:
   using Clock = std::chrono::steady_clock;

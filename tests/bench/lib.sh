@@ -1,5 +1,6 @@
 # Shared set-up of the pgbench benchmarks (sourced, not run): the release build, the local
 # cluster, pgbench tables at scale 10, and pgrelay instances per strategy.
+#   bench_args "$@"                 sets clients, seconds, rounds, mode from the command line
 #   bench_setup                     builds, starts the cluster, initializes pgbench; sets $work
 #   start_relay STRATEGY [YAML...]  starts pgrelay; sets relay_port and relay_admin_port (extra
 #                                   YAML lines appended)
@@ -8,6 +9,19 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bin=$root/build/release/proxy/pgrelay
 pids=()
 work=""
+
+bench_args() {  # --clients N --seconds N --rounds N --mode simple|extended|prepared
+  clients=8 seconds=10 rounds=2 mode=simple
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --clients) clients=$2; shift 2 ;;
+      --seconds) seconds=$2; shift 2 ;;
+      --rounds) rounds=$2; shift 2 ;;
+      --mode) mode=$2; shift 2 ;;
+      *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+  done
+}
 
 bench_cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done

@@ -12,19 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 
-clients=8 seconds=10 rounds=2 mode=simple
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --clients) clients=$2; shift 2 ;;
-    --seconds) seconds=$2; shift 2 ;;
-    --rounds) rounds=$2; shift 2 ;;
-    --mode) mode=$2; shift 2 ;;
-    *) echo "unknown argument $1" >&2; exit 2 ;;
-  esac
-done
-
 # shellcheck source=tests/bench/lib.sh
 source "$root/tests/bench/lib.sh"
+bench_args "$@"
 bench_setup
 start_relay leader; leader_port=$relay_port
 start_relay follower; follower_port=$relay_port
