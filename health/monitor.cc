@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <exception>
+#include <future>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -61,6 +62,7 @@ class Monitor::Impl {
   void Start();
   void Stop();
   std::shared_ptr<const Topology> Initial() const;
+  std::pair<bool, std::string> Switchover(const std::string& target, milliseconds timeout);
 
  private:
   struct Node {
@@ -86,6 +88,14 @@ class Monitor::Impl {
   bool RecordPrimary(const Topology& t);
   void MaybeFailover(const Topology& t);
   asio::awaitable<void> RunFailover(PromotionPlan plan, std::shared_ptr<const Topology> t);
+  asio::awaitable<bool> DrainPrimary(const NodeStatus& primary);
+  asio::awaitable<void> RunSwitchover(std::string target,
+                                      std::shared_ptr<std::promise<std::pair<bool, std::string>>> done);
+  // The common end of a promotion: record the new primary, look again at once, re-point the
+  // other replicas, run after_promote.
+  asio::awaitable<void> FinishPromotion(const NodeStatus& candidate, uint32_t timeline,
+                                        const std::shared_ptr<const Topology>& t, int old_primary,
+                                        const std::vector<std::pair<std::string, std::string>>& values);
   asio::awaitable<bool> RunFailoverHook(const char* which, const std::string& command,
                                         const std::vector<std::pair<std::string, std::string>>& values);
   std::string Label(size_t i) const;  // "pg1 (127.0.0.1:5432)"
@@ -479,7 +489,133 @@ asio::awaitable<void> Monitor::Impl::RunFailover(PromotionPlan plan,
     next_failover_attempt_ = Clock::now() + std::chrono::seconds(5);
     co_return;
   }
-  ClusterRecord next{epoch_ + 1, candidate.name, result.timeline};
+  last_failover_seconds_ = std::chrono::duration<double>(Clock::now() - start).count();
+  co_await FinishPromotion(candidate, result.timeline, t, plan.failed, values);
+  PGRELAY_LOG(kWarning, "failover", "failover done in "
+                                        << Seconds(std::chrono::duration<double>(Clock::now() - start).count())
+                                        << " s; " << failed.name << " is fenced until rejoined as a replica");
+}
+
+std::pair<bool, std::string> Monitor::Impl::Switchover(const std::string& target,
+                                                       milliseconds timeout) {
+  if (!Recording()) {
+    return {false, "switchover needs failover.mode manual or auto (pgrelay keeps the epoch record)"};
+  }
+  if (config_->failover.before_promote.empty()) {
+    return {false, "switchover needs failover.hooks.before_promote to stop the current primary"};
+  }
+  auto done = std::make_shared<std::promise<std::pair<bool, std::string>>>();
+  std::future<std::pair<bool, std::string>> result = done->get_future();
+  asio::post(io_, [this, target, done] {
+    asio::co_spawn(io_, RunSwitchover(target, done), RethrowOnError);
+  });
+  if (result.wait_for(timeout) != std::future_status::ready) {
+    return {false, "switchover still running after " + std::to_string(timeout.count()) +
+                       " ms; see the log"};
+  }
+  return result.get();
+}
+
+asio::awaitable<void> Monitor::Impl::RunSwitchover(
+    std::string target, std::shared_ptr<std::promise<std::pair<bool, std::string>>> done) {
+  auto fail = [&](const std::string& why) {
+    PGRELAY_LOG(kError, "failover", "switchover to " << target << " refused: " << why);
+    done->set_value({false, why});
+  };
+  if (failover_running_) {
+    fail("a failover or switchover is already running");
+    co_return;
+  }
+  const std::shared_ptr<const Topology> t = out_->load(std::memory_order_acquire);
+  const int old = t->primary;
+  int to = -1;
+  for (size_t i = 0; i < t->nodes.size(); ++i) {
+    if (t->nodes[i].name == target) to = static_cast<int>(i);
+  }
+  if (to < 0) {
+    fail("no node named " + target);
+    co_return;
+  }
+  if (old < 0) {
+    fail("there is no primary to switch over from");
+    co_return;
+  }
+  const NodeStatus& from = t->nodes[old];
+  const NodeStatus& candidate = t->nodes[to];
+  if (to == old || candidate.role != NodeRole::kReplica || candidate.state != NodeHealth::kUp) {
+    fail(target + " is not a replica that is up");
+    co_return;
+  }
+  failover_running_ = true;
+  const Clock::time_point start = Clock::now();
+  const asio::any_io_executor executor = io_.get_executor();
+  PGRELAY_LOG(kWarning, "failover", "switchover from " << Label(old) << " to " << Label(to));
+  // New statements are held by the caller; let the ones running on the primary finish.
+  const bool drained = co_await DrainPrimary(from);
+  if (!drained) {
+    PGRELAY_LOG(kWarning, "failover", "statements still active on " << from.name
+                                          << " after the drain period; stopping it anyway");
+  }
+  const HookValues values = {{"failed", from.name},
+                             {"failed_host", from.host},
+                             {"failed_port", std::to_string(from.port)},
+                             {"candidate", candidate.name},
+                             {"candidate_host", candidate.host},
+                             {"candidate_port", std::to_string(candidate.port)},
+                             {"epoch", std::to_string(epoch_ + 1)}};
+  const bool stopped =
+      co_await RunFailoverHook("before_promote", config_->failover.before_promote, values);
+  if (!stopped) {
+    failover_running_ = false;
+    fail("before_promote failed, " + from.name + " stays the primary");
+    co_return;
+  }
+  // A cleanly stopped primary has sent all its WAL to its streaming replicas; Promote replays it.
+  PromotionResult result = co_await Promote(executor, *config_, candidate, failover_cancel_);
+  if (!result.ok) {
+    failover_running_ = false;
+    fail("promoting " + candidate.name + " failed: " + result.error +
+         " (the old primary is stopped: start it again, or let failover.mode auto promote)");
+    co_return;
+  }
+  co_await FinishPromotion(candidate, result.timeline, t, old, values);
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const std::string message = "switched over from " + from.name + " to " + candidate.name +
+                              " at epoch " + std::to_string(epoch_) + " in " + Seconds(seconds) +
+                              " s";
+  PGRELAY_LOG(kWarning, "failover", message);
+  done->set_value({true, message});
+}
+
+asio::awaitable<bool> Monitor::Impl::DrainPrimary(const NodeStatus& primary) {
+  constexpr auto kDrain = std::chrono::seconds(5);
+  const asio::any_io_executor executor = io_.get_executor();
+  const Clock::time_point deadline = Clock::now() + kDrain;
+  const config::BackendCredentials creds = config_->MonitorCredentials();
+  const PgConnectParams params = NodeConnectParams(primary.host, primary.port, creds.user,
+                                                   creds.password, config_->health.database,
+                                                   "pgrelay-failover");
+  PgConnection conn(executor);
+  if (!co_await conn.Connect(params, deadline)) co_return false;
+  asio::steady_timer timer(executor);
+  while (Clock::now() < deadline) {
+    PgResult r;
+    const bool ok = co_await conn.Query(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+        " AND state = 'active' AND pid <> pg_backend_pid()",
+        deadline, &r);
+    if (ok && r.rows.size() == 1 && r.rows[0].size() == 1 && r.rows[0][0] == "0") co_return true;
+    timer.expires_after(std::chrono::milliseconds(20));
+    co_await timer.async_wait(kNoThrow);
+  }
+  co_return false;
+}
+
+asio::awaitable<void> Monitor::Impl::FinishPromotion(const NodeStatus& candidate, uint32_t timeline,
+                                                     const std::shared_ptr<const Topology>& t,
+                                                     int old_primary, const HookValues& values) {
+  const asio::any_io_executor executor = io_.get_executor();
+  ClusterRecord next{epoch_ + 1, candidate.name, timeline};
   std::string error;
   if (!store_->Store(next, &error)) {
     PGRELAY_LOG(kError, "failover", "cannot store the failover record: " << error);
@@ -487,17 +623,14 @@ asio::awaitable<void> Monitor::Impl::RunFailover(PromotionPlan plan,
   record_ = next;
   epoch_ = next.epoch;
   ++failovers_;
-  last_failover_seconds_ = std::chrono::duration<double>(Clock::now() - start).count();
   failover_running_ = false;
-  PGRELAY_LOG(kWarning, "failover", "promoted " << Label(plan.candidate) << " to primary at epoch "
-                                                << epoch_ << ", timeline " << result.timeline
-                                                << " in " << Seconds(last_failover_seconds_)
-                                                << " s; " << failed.name << " is fenced until "
-                                                << "rejoined as a replica");
+  PGRELAY_LOG(kWarning, "failover", "promoted " << candidate.name << " (" << candidate.host << ":"
+                                                << candidate.port << ") to primary at epoch "
+                                                << epoch_ << ", timeline " << timeline);
   StartRound(Clock::now());  // see the new primary now, not at the next round
   for (size_t i = 0; i < t->nodes.size(); ++i) {
     const NodeStatus& n = t->nodes[i];
-    if (static_cast<int>(i) == plan.failed || static_cast<int>(i) == plan.candidate ||
+    if (static_cast<int>(i) == old_primary || n.name == candidate.name ||
         n.role != NodeRole::kReplica) {
       continue;
     }
@@ -546,5 +679,10 @@ Monitor::~Monitor() { Stop(); }
 void Monitor::Start() { impl_->Start(); }
 
 void Monitor::Stop() { impl_->Stop(); }
+
+std::pair<bool, std::string> Monitor::Switchover(const std::string& target,
+                                                 std::chrono::milliseconds timeout) {
+  return impl_->Switchover(target, timeout);
+}
 
 }  // namespace pgrelay::health

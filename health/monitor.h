@@ -5,7 +5,10 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <memory>
+#include <string>
+#include <utility>
 
 #include "config/config.h"
 #include "health/topology.h"
@@ -25,6 +28,15 @@ class Monitor {
   // Ends every probe, closes the monitoring connections and joins the thread. Snapshot() stays
   // valid (the last topology). Idempotent.
   void Stop();
+
+  // Planned switchover to replica `target` (failover.mode manual or auto): waits until no
+  // client statement is active on the primary, runs failover.hooks.before_promote to stop it,
+  // promotes the target once it has replayed everything, records the new epoch, re-points the
+  // other replicas, runs after_promote. Blocks the caller (any thread but the monitor's) until
+  // done or `timeout`; returns a description of what happened, and whether it succeeded. The
+  // caller holds new statements meanwhile (PauseGate).
+  std::pair<bool, std::string> Switchover(const std::string& target,
+                                          std::chrono::milliseconds timeout);
 
   std::shared_ptr<const Topology> Snapshot() const {
     return snapshot_.load(std::memory_order_acquire);

@@ -37,9 +37,27 @@ int PrintErrors(const std::string& path, const pgrelay::config::LoadResult& resu
 
 }  // namespace
 
-// POST /pause[?timeout=SECONDS] and /resume; the other actions are not built yet (501).
-pgrelay::admin::ActionResult AdminAction(pgrelay::proxy::PauseGate* pause, std::string_view action,
+// POST /switchover?to=NODE: new statements held while the monitor switches the primary over.
+pgrelay::admin::ActionResult SwitchoverAction(pgrelay::health::Monitor* monitor,
+                                              pgrelay::proxy::PauseGate* pause,
+                                              std::string_view query) {
+  constexpr std::string_view kKey = "to=";
+  const std::string_view target = query.starts_with(kKey) ? query.substr(kKey.size()) : "";
+  if (target.empty() || target.find('&') != std::string_view::npos) {
+    return {400, "usage: POST /switchover?to=NODE (a replica's name from the config)\n"};
+  }
+  constexpr auto kTimeout = std::chrono::seconds(60);
+  pause->Pause(kTimeout + std::chrono::seconds(5));
+  const auto [ok, message] = monitor->Switchover(std::string(target), kTimeout);
+  pause->Resume();
+  return {ok ? 200 : 409, message + "\n"};
+}
+
+// POST /pause[?timeout=SECONDS], /resume and /switchover?to=NODE; /reload is not built yet.
+pgrelay::admin::ActionResult AdminAction(pgrelay::health::Monitor* monitor,
+                                         pgrelay::proxy::PauseGate* pause, std::string_view action,
                                          std::string_view query) {
+  if (action == "switchover") return SwitchoverAction(monitor, pause, query);
   constexpr int kDefaultPauseSeconds = 30;
   constexpr int kMaxPauseSeconds = 3600;
   if (action == "pause") {
@@ -126,8 +144,8 @@ int main(int argc, char** argv) {
   admin_sources.client_connections = [&metrics] { return metrics.ClientConnections(); };
   admin_sources.backend_connections = [&metrics] { return metrics.BackendConnections(); };
   pgrelay::proxy::PauseGate pause;
-  admin_sources.on_action = [&pause](std::string_view action, std::string_view query) {
-    return AdminAction(&pause, action, query);
+  admin_sources.on_action = [&pause, &monitor](std::string_view action, std::string_view query) {
+    return AdminAction(&monitor, &pause, action, query);
   };
   pgrelay::admin::AdminServer admin(admin_options, admin_sources);
   try {

@@ -23,6 +23,7 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from typing import Optional
 
@@ -441,3 +442,51 @@ def test_hung_primary_is_failed_over_and_fenced_when_it_resumes(scratch, make_pg
         assert c.execute("SELECT count(*) FROM fo").fetchone()[0] == old_count, "writes reached the fenced node"
     with scratch.connect(new) as c:
         assert c.execute("SELECT count(*) FROM fo").fetchone()[0] >= len({i for i, t in writer.acked if t > stopped})
+
+
+def test_planned_switchover_without_client_errors(scratch, make_pgrelay, tmp_path):
+    """POST /switchover?to=s2 (failover.mode manual): new statements wait, the running ones
+    finish, before_promote stops the primary cleanly, s2 is promoted, s1 re-pointed. A client
+    writing all along sees a pause and no error."""
+    scratch.create(sync=False)
+    pg_ctl = os.path.join(scratch.bin, "pg_ctl")
+    config = relay_config(scratch, tmp_path / "state")
+    config["failover"]["mode"] = "manual"
+    config["failover"]["hooks"] = {
+        "before_promote": f"runuser -u postgres -- {pg_ctl} -D {scratch.dir}/{{failed}} -m fast -w stop"}
+    relay = make_pgrelay(config)
+    wait_log(relay, r"primary is p0 .*epoch 1", 10)
+    with relay.connect(dbname="postgres", autocommit=True) as conn:
+        conn.execute("CREATE TABLE fo (id bigserial PRIMARY KEY, v int)")
+    wait_until(lambda: scratch.streams_from(1, 0) and scratch.streams_from(2, 0), 20, what="streaming")
+    time.sleep(1)  # the monitor sees both replicas streaming
+    writer = Writer(relay)
+    writer.start()
+    wait_until(lambda: len(writer.acked) > 30, 30, what="writes before the switchover")
+
+    def post(path: str) -> tuple[int, str]:
+        req = urllib.request.Request(f"http://127.0.0.1:{relay.admin_port}{path}", method="POST", data=b"")
+        try:
+            with urllib.request.urlopen(req, timeout=90) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    assert post("/switchover?to=nope")[0] == 409
+    started = time.time()
+    status, body = post("/switchover?to=s2")
+    assert status == 200, body
+    assert "switched over from p0 to s2 at epoch 2" in body
+    wait_until(lambda: sum(1 for _, t in writer.acked if t > started + 0.5) > 20, 30,
+               what="writes after the switchover")
+    writer.stop.set()
+    writer.join(30)
+    assert writer.errors == [], f"clients saw errors during a planned switchover: {writer.errors[:3]}"
+    times = sorted(t for _, t in writer.acked)
+    print(f"switchover: writes paused {max(b - a for a, b in zip(times, times[1:])):.2f} s")
+    assert not in_recovery(scratch, 2)
+    wait_until(lambda: scratch.streams_from(1, 2), 30, what="s1 streaming from s2")
+    with relay.connect(dbname="postgres", autocommit=True) as conn:
+        assert conn.execute("INSERT INTO fo(v) VALUES (9) RETURNING inet_server_port()").fetchone()[0] == \
+            scratch.ports[2]
+    assert metric(relay, "pgrelay_topology_epoch") == 2
