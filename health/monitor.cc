@@ -527,7 +527,10 @@ asio::awaitable<void> Monitor::Impl::RunSwitchover(
     co_return;
   }
   const std::shared_ptr<const Topology> t = out_->load(std::memory_order_acquire);
-  const int old = t->primary;
+  // With no primary, this is a manual failover from the recorded primary, under the same
+  // safety rules as an automatic one.
+  const bool failover = t->primary < 0;
+  const int old = failover ? RecordedIndex() : t->primary;
   int to = -1;
   for (size_t i = 0; i < t->nodes.size(); ++i) {
     if (t->nodes[i].name == target) to = static_cast<int>(i);
@@ -540,6 +543,22 @@ asio::awaitable<void> Monitor::Impl::RunSwitchover(
     fail("there is no primary to switch over from");
     co_return;
   }
+  if (failover) {
+    std::string why;
+    const std::optional<PromotionPlan> plan = PlanPromotion(*t, old, *config_, &why);
+    if (!plan) {
+      fail(why.empty() ? "the primary " + t->nodes[old].name +
+                             " is not down (failure_threshold failed probes) yet"
+                       : why);
+      co_return;
+    }
+    const uint64_t received = std::max(t->nodes[to].receive_lsn, t->nodes[to].replay_lsn);
+    if (plan->candidate != to && received < plan->candidate_lsn) {
+      fail(target + " has received less WAL than " + t->nodes[plan->candidate].name +
+           "; promoting it would lose writes (choose " + t->nodes[plan->candidate].name + ")");
+      co_return;
+    }
+  }
   const NodeStatus& from = t->nodes[old];
   const NodeStatus& candidate = t->nodes[to];
   if (to == old || candidate.role != NodeRole::kReplica || candidate.state != NodeHealth::kUp) {
@@ -549,9 +568,11 @@ asio::awaitable<void> Monitor::Impl::RunSwitchover(
   failover_running_ = true;
   const Clock::time_point start = Clock::now();
   const asio::any_io_executor executor = io_.get_executor();
-  PGRELAY_LOG(kWarning, "failover", "switchover from " << Label(old) << " to " << Label(to));
+  PGRELAY_LOG(kWarning, "failover", (failover ? "manual failover from " : "switchover from ")
+                                        << Label(old) << " to " << Label(to));
   // New statements are held by the caller; let the ones running on the primary finish.
-  const bool drained = co_await DrainPrimary(from);
+  bool drained = true;
+  if (!failover) drained = co_await DrainPrimary(from);
   if (!drained) {
     PGRELAY_LOG(kWarning, "failover", "statements still active on " << from.name
                                           << " after the drain period; stopping it anyway");
@@ -580,7 +601,8 @@ asio::awaitable<void> Monitor::Impl::RunSwitchover(
   }
   co_await FinishPromotion(candidate, result.timeline, t, old, values);
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  const std::string message = "switched over from " + from.name + " to " + candidate.name +
+  const std::string message = (failover ? "failed over from " : "switched over from ") +
+                              from.name + " to " + candidate.name +
                               " at epoch " + std::to_string(epoch_) + " in " + Seconds(seconds) +
                               " s";
   PGRELAY_LOG(kWarning, "failover", message);

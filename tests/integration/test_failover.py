@@ -490,3 +490,29 @@ def test_planned_switchover_without_client_errors(scratch, make_pgrelay, tmp_pat
         assert conn.execute("INSERT INTO fo(v) VALUES (9) RETURNING inet_server_port()").fetchone()[0] == \
             scratch.ports[2]
     assert metric(relay, "pgrelay_topology_epoch") == 2
+
+
+def test_manual_mode_promotes_only_on_request(scratch, make_pgrelay, tmp_path):
+    """failover.mode manual: a dead primary is not replaced by itself; POST /switchover?to=s1
+    then fails over to s1 (under the same safety rules as auto)."""
+    scratch.create(sync=False)
+    config = relay_config(scratch, tmp_path / "state")
+    config["failover"]["mode"] = "manual"
+    config["failover"]["hooks"] = {"before_promote": "echo fencing {failed}"}
+    relay = make_pgrelay(config)
+    wait_log(relay, r"primary is p0 .*epoch 1", 10)
+    wait_until(lambda: scratch.streams_from(1, 0) and scratch.streams_from(2, 0), 20, what="streaming")
+    scratch.stop(0)
+    wait_log(relay, r"node p0 \(\S+\) is down after", 15)
+    time.sleep(2)
+    assert log_has(relay, r"promot") is None, "manual mode promoted on its own"
+
+    req = urllib.request.Request(f"http://127.0.0.1:{relay.admin_port}/switchover?to=s1", method="POST",
+                                 data=b"")
+    with urllib.request.urlopen(req, timeout=90) as r:
+        body = r.read().decode()
+    assert "failed over from p0 to s1 at epoch 2" in body, body
+    with relay.connect(dbname="postgres", autocommit=True) as conn:
+        conn.execute("CREATE TABLE after_manual (x int)")
+        assert conn.execute("SELECT inet_server_port()").fetchone()[0] in (scratch.ports[1], scratch.ports[2])
+    wait_until(lambda: scratch.streams_from(2, 1), 30, what="s2 streaming from s1")
