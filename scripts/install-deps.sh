@@ -11,7 +11,7 @@ PACKAGES=(
   libpq-dev libyaml-cpp-dev libpg-query-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   postgresql-15 postgresql-client-15 postgresql-contrib
-  python3-psycopg python3-pytest
+  python3-psycopg python3-pytest python3-yaml
   procps iproute2 curl prometheus
 )
 

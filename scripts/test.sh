@@ -12,8 +12,7 @@ cd "$ROOT"
 scripts/install-deps.sh
 
 echo "test.sh: configuring and building build/asan"
-cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGRELAY_SANITIZE=ON
-cmake --build build/asan -j2
+scripts/build.sh asan build/asan
 
 export PGRELAY_CLUSTER_DIR="${PGRELAY_TEST_CLUSTER_DIR:-/tmp/pgrelay-test-cluster}"
 # shellcheck disable=SC2317  # invoked by the trap

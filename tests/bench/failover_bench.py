@@ -35,10 +35,7 @@ PG_BIN = "/usr/lib/postgresql/15/bin"
 
 
 def build() -> pathlib.Path:
-    subprocess.run(["cmake", "-S", str(ROOT), "-B", str(ROOT / "build/release"), "-DCMAKE_BUILD_TYPE=Release",
-                    "-DPGRELAY_BUILD_TESTS=OFF"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", str(ROOT / "build/release"), "-j2", "--target", "pgrelay"], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([str(ROOT / "scripts/build.sh"), "release"], check=True, stdout=subprocess.DEVNULL)
     return ROOT / "build/release/proxy/pgrelay"
 
 

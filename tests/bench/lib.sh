@@ -34,8 +34,7 @@ free_port() {
 
 bench_setup() {
   cd "$root"
-  cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DPGRELAY_BUILD_TESTS=OFF >/dev/null
-  cmake --build build/release -j2 --target pgrelay >/dev/null
+  scripts/build.sh release >/dev/null
   cluster_dir=${PGRELAY_CLUSTER_DIR:-/tmp/pgrelay-cluster}
   scripts/cluster.sh start --dir "$cluster_dir" >/dev/null
   # shellcheck disable=SC1091
