@@ -92,10 +92,9 @@ class Monitor::Impl {
   asio::awaitable<void> RunSwitchover(std::string target,
                                       std::shared_ptr<std::promise<std::pair<bool, std::string>>> done);
   // The common end of a promotion: record the new primary, look again at once, re-point the
-  // other replicas, run after_promote.
+  // other replicas. (The caller runs after_promote.)
   asio::awaitable<void> FinishPromotion(const NodeStatus& candidate, uint32_t timeline,
-                                        const std::shared_ptr<const Topology>& t, int old_primary,
-                                        const std::vector<std::pair<std::string, std::string>>& values);
+                                        const std::shared_ptr<const Topology>& t, int old_primary);
   asio::awaitable<bool> RunFailoverHook(const char* which, const std::string& command,
                                         const std::vector<std::pair<std::string, std::string>>& values);
   std::string Label(size_t i) const;  // "pg1 (127.0.0.1:5432)"
@@ -490,10 +489,13 @@ asio::awaitable<void> Monitor::Impl::RunFailover(PromotionPlan plan,
     co_return;
   }
   last_failover_seconds_ = std::chrono::duration<double>(Clock::now() - start).count();
-  co_await FinishPromotion(candidate, result.timeline, t, plan.failed, values);
+  co_await FinishPromotion(candidate, result.timeline, t, plan.failed);
   PGRELAY_LOG(kWarning, "failover", "failover done in "
                                         << Seconds(std::chrono::duration<double>(Clock::now() - start).count())
                                         << " s; " << failed.name << " is fenced until rejoined as a replica");
+  if (!config_->failover.after_promote.empty() && !stopping_) {
+    co_await RunFailoverHook("after_promote", config_->failover.after_promote, values);
+  }
 }
 
 std::pair<bool, std::string> Monitor::Impl::Switchover(const std::string& target,
@@ -599,7 +601,7 @@ asio::awaitable<void> Monitor::Impl::RunSwitchover(
          " (the old primary is stopped: start it again, or let failover.mode auto promote)");
     co_return;
   }
-  co_await FinishPromotion(candidate, result.timeline, t, old, values);
+  co_await FinishPromotion(candidate, result.timeline, t, old);
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   const std::string message = (failover ? "failed over from " : "switched over from ") +
                               from.name + " to " + candidate.name +
@@ -607,6 +609,9 @@ asio::awaitable<void> Monitor::Impl::RunSwitchover(
                               " s";
   PGRELAY_LOG(kWarning, "failover", message);
   done->set_value({true, message});
+  if (!config_->failover.after_promote.empty() && !stopping_) {
+    co_await RunFailoverHook("after_promote", config_->failover.after_promote, values);
+  }
 }
 
 asio::awaitable<bool> Monitor::Impl::DrainPrimary(const NodeStatus& primary) {
@@ -624,7 +629,7 @@ asio::awaitable<bool> Monitor::Impl::DrainPrimary(const NodeStatus& primary) {
     PgResult r;
     const bool ok = co_await conn.Query(
         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
-        " AND state = 'active' AND pid <> pg_backend_pid()",
+        " AND state <> 'idle' AND pid <> pg_backend_pid()",
         deadline, &r);
     if (ok && r.rows.size() == 1 && r.rows[0].size() == 1 && r.rows[0][0] == "0") co_return true;
     timer.expires_after(std::chrono::milliseconds(20));
@@ -635,7 +640,7 @@ asio::awaitable<bool> Monitor::Impl::DrainPrimary(const NodeStatus& primary) {
 
 asio::awaitable<void> Monitor::Impl::FinishPromotion(const NodeStatus& candidate, uint32_t timeline,
                                                      const std::shared_ptr<const Topology>& t,
-                                                     int old_primary, const HookValues& values) {
+                                                     int old_primary) {
   const asio::any_io_executor executor = io_.get_executor();
   ClusterRecord next{epoch_ + 1, candidate.name, timeline};
   std::string error;
@@ -663,9 +668,6 @@ asio::awaitable<void> Monitor::Impl::FinishPromotion(const NodeStatus& candidate
     } else {
       PGRELAY_LOG(kError, "failover", problem);
     }
-  }
-  if (!config_->failover.after_promote.empty()) {
-    co_await RunFailoverHook("after_promote", config_->failover.after_promote, values);
   }
 }
 

@@ -70,7 +70,8 @@ class Scratch:
         self.start(0)
         for i in (1, 2):
             self.run("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.ports[0]), "-U", "postgres",
-                     "-D", str(self.dirs[i]), "-R", "-X", "stream", "-C", "-S", self.names[i], "--no-sync")
+                     "-D", str(self.dirs[i]), "-R", "-X", "stream", "-C", "-S", self.names[i], "-c", "fast",
+                 "--no-sync")
             self.start(i)
 
     def rejoin(self, i: int, primary: int) -> None:
@@ -82,7 +83,8 @@ class Scratch:
             c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                       "WHERE slot_name = %s AND NOT active", (self.names[i],))
         self.run("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.ports[primary]), "-U", "postgres",
-                 "-D", str(self.dirs[i]), "-R", "-X", "stream", "-C", "-S", self.names[i], "--no-sync")
+                 "-D", str(self.dirs[i]), "-R", "-X", "stream", "-C", "-S", self.names[i], "-c", "fast",
+                 "--no-sync")
         self.start(i)
 
     def streams_from(self, i: int, primary: int) -> bool:
@@ -460,25 +462,55 @@ def test_hung_primary_is_failed_over_and_fenced_when_it_resumes(scratch, make_pg
         assert c.execute("SELECT count(*) FROM fo").fetchone()[0] >= len({i for i, t in writer.acked if t > stopped})
 
 
+REJOIN = """#!/bin/bash
+# after_promote hook of the switchover test: the old primary becomes a standby of the new one.
+set -euo pipefail
+dir=$1 primary_port=$2 name=$3 port=$4 sockdir=$5 bindir=$6
+rm -rf "$dir"
+runuser -u postgres -- psql -h 127.0.0.1 -p "$primary_port" -U postgres -d postgres -Atqc \
+  "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '$name'"
+runuser -u postgres -- "$bindir/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres -D "$dir" \
+  -R -X stream -C -S "$name" -c fast --no-sync
+runuser -u postgres -- "$bindir/pg_ctl" -D "$dir" -l "$dir.log" -w -t 60 -o \
+  "-p $port -k $sockdir -c listen_addresses=127.0.0.1 -c fsync=off -c cluster_name=$name -c wal_receiver_timeout=2s" \
+  start >/dev/null
+echo "rejoined $name as a standby of port $primary_port"
+"""
+
+
 def test_planned_switchover_without_client_errors(scratch, make_pgrelay, tmp_path):
-    """POST /switchover?to=s2 (failover.mode manual): new statements wait, the running ones
-    finish, before_promote stops the primary cleanly, s2 is promoted, s1 re-pointed. A client
-    writing all along sees a pause and no error."""
+    """POST /switchover?to=s2 (failover.mode manual) under a running pgbench (TPC-B-like: reads
+    and updates in transactions) and a writer: new statements wait at transaction boundaries,
+    running transactions finish, before_promote stops the primary cleanly, s2 is promoted, s1
+    re-pointed, and after_promote rejoins the old primary as a standby. Zero failed transactions."""
     scratch.create(sync=False)
     pg_ctl = os.path.join(scratch.bin, "pg_ctl")
+    rejoin = tmp_path / "rejoin.sh"
+    rejoin.write_text(REJOIN)
+    rejoin.chmod(0o755)
     config = relay_config(scratch, tmp_path / "state")
     config["failover"]["mode"] = "manual"
     config["failover"]["hooks"] = {
-        "before_promote": f"runuser -u postgres -- {pg_ctl} -D {scratch.dir}/{{failed}} -m fast -w stop"}
+        "before_promote": f"runuser -u postgres -- {pg_ctl} -D {scratch.dir}/{{failed}} -m fast -w stop",
+        "after_promote": f"{rejoin} {scratch.dir}/{{failed}} {{candidate_port}} {{failed}} {{failed_port}} "
+                         f"{scratch.dir} {scratch.bin}",
+        "timeout": "60s"}
     relay = make_pgrelay(config)
     wait_log(relay, r"primary is p0 .*epoch 1", 10)
+    scratch.run("pgbench", "-h", "127.0.0.1", "-p", str(scratch.ports[0]), "-U", "postgres", "-i", "-s", "1",
+                "-q", "postgres")
     with relay.connect(dbname="postgres", autocommit=True) as conn:
         conn.execute("CREATE TABLE fo (id bigserial PRIMARY KEY, v int)")
     wait_until(lambda: scratch.streams_from(1, 0) and scratch.streams_from(2, 0), 20, what="streaming")
     time.sleep(1)  # the monitor sees both replicas streaming
+    env = dict(os.environ, PGPASSWORD="secret")
+    load = subprocess.Popen(["pgbench", "-h", "127.0.0.1", "-p", str(relay.port), "-U", "app", "-n", "-c", "4",
+                             "-j", "2", "-T", "10", "postgres"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     writer = Writer(relay)
     writer.start()
     wait_until(lambda: len(writer.acked) > 30, 30, what="writes before the switchover")
+    time.sleep(1)
 
     def post(path: str) -> tuple[int, str]:
         req = urllib.request.Request(f"http://127.0.0.1:{relay.admin_port}{path}", method="POST", data=b"")
@@ -495,13 +527,20 @@ def test_planned_switchover_without_client_errors(scratch, make_pgrelay, tmp_pat
     assert "switched over from p0 to s2 at epoch 2" in body
     wait_until(lambda: sum(1 for _, t in writer.acked if t > started + 0.5) > 20, 30,
                what="writes after the switchover")
+    out, _ = load.communicate(timeout=60)
     writer.stop.set()
     writer.join(30)
+    assert load.returncode == 0 and "aborted" not in out, out
+    assert re.search(r"number of failed transactions: 0 ", out), out
     assert writer.errors == [], f"clients saw errors during a planned switchover: {writer.errors[:3]}"
     times = sorted(t for _, t in writer.acked)
-    print(f"switchover: writes paused {max(b - a for a, b in zip(times, times[1:])):.2f} s")
+    processed = re.search(r"number of transactions actually processed: (\d+)", out).group(1)
+    print(f"switchover: writes paused {max(b - a for a, b in zip(times, times[1:])):.2f} s; "
+          f"pgbench: {processed} transactions, none failed")
     assert not in_recovery(scratch, 2)
     wait_until(lambda: scratch.streams_from(1, 2), 30, what="s1 streaming from s2")
+    wait_log(relay, r"after_promote succeeded: rejoined p0", 60)
+    wait_until(lambda: scratch.streams_from(0, 2), 30, what="the old primary streaming from s2")
     with relay.connect(dbname="postgres", autocommit=True) as conn:
         assert conn.execute("INSERT INTO fo(v) VALUES (9) RETURNING inet_server_port()").fetchone()[0] == \
             scratch.ports[2]
