@@ -1,5 +1,7 @@
 #include "config/config_loader.h"
 
+#include <sys/stat.h>
+
 #include <arpa/inet.h>
 #include <yaml-cpp/yaml.h>
 
@@ -243,7 +245,8 @@ class Loader {
   void ReadRoutingRules(const Entry& e);
   void ReadFunctionNames(const Entry& e, std::vector<std::string>* names);
 
-  const std::filesystem::path base_dir_;  // for relative password_file paths; empty: as given
+  const std::filesystem::path base_dir_;
+  bool inline_passwords_ = false;  // for relative password_file paths; empty: as given
   Config config_;
   std::vector<ConfigError> errors_;
   int user_count_ = 0;  // list items under `users`, valid or not
@@ -274,6 +277,7 @@ LoadResult Loader::Load(const std::string& yaml) {
   LoadResult result;
   if (errors_.empty()) result.config = std::make_shared<const Config>(std::move(config_));
   result.errors = std::move(errors_);
+  result.inline_passwords = inline_passwords_;
   return result;
 }
 
@@ -446,6 +450,7 @@ void Loader::ReadPassword(const Entry& e, PasswordSource* source) {
   source->line = e.line;
   if (e.key == "password") {
     Set(ReadString(e, /*allow_empty=*/true), &source->value);
+    if (source->value && !source->value->empty()) inline_passwords_ = true;
     return;
   }
   const std::optional<std::string> name = ReadString(e);
@@ -957,7 +962,14 @@ LoadResult LoadConfigFile(const std::string& path) {
     result.errors.push_back({"", 0, "cannot read config file " + path + ": " + error});
     return result;
   }
-  return Loader(std::filesystem::path(path).parent_path()).Load(yaml);
+  LoadResult result = Loader(std::filesystem::path(path).parent_path()).Load(yaml);
+  struct stat st {};
+  if (result.inline_passwords && ::stat(path.c_str(), &st) == 0 &&
+      (st.st_mode & (S_IRGRP | S_IROTH)) != 0) {
+    result.warnings.push_back(path + " holds passwords and other users can read it: chmod 600 " +
+                              path + ", or use password_env / password_file");
+  }
+  return result;
 }
 
 LoadResult LoadConfigString(const std::string& yaml) { return Loader({}).Load(yaml); }

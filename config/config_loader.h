@@ -20,6 +20,8 @@ struct ConfigError {
 struct LoadResult {
   std::shared_ptr<const Config> config;  // set iff errors is empty
   std::vector<ConfigError> errors;       // every problem found, in file order
+  std::vector<std::string> warnings;     // valid, but worth telling the operator
+  bool inline_passwords = false;         // some `password:` is written in the file itself
 };
 
 LoadResult LoadConfigFile(const std::string& path);

@@ -114,6 +114,7 @@ int main(int argc, char** argv) {
   auto result = pgrelay::config::LoadConfigFile(config_path);
   if (!result.errors.empty()) return PrintErrors(config_path, result);
   if (check_only) {
+    for (const std::string& w : result.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
     std::printf("%s: configuration is valid\n", config_path.c_str());
     return 0;
   }
@@ -121,6 +122,7 @@ int main(int argc, char** argv) {
   PGRELAY_LOG(kInfo, "server",
               "pgrelay " << PGRELAY_VERSION << " starting, config " << config_path << ", strategy "
                          << pgrelay::config::ToString(result.config->strategy));
+  for (const std::string& w : result.warnings) PGRELAY_LOG(kWarning, "config", w);
   pgrelay::health::Monitor monitor(result.config);
   try {
     monitor.Start();

@@ -1,6 +1,7 @@
 #include "config/config_loader.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -548,6 +549,25 @@ TEST(ConfigLoaderTest, FileRelativePasswordFileAndUnreadableFile) {
             "cannot read config file " + missing + ": No such file or directory");
   EXPECT_NE(LoadConfigFile(dir.path().string()).errors.at(0).message.find("Is a directory"),
             std::string::npos);
+}
+
+TEST(ConfigLoaderTest, WarnsWhenAFileWithPasswordsIsReadableByOthers) {
+  TempDir dir;
+  const std::string inline_pw = dir.Write(
+      "inline.yaml", "nodes: [{name: a, host: h}]\nusers: [{name: app, password: s3cret}]\n");
+  const std::string from_env = dir.Write(
+      "env.yaml", "nodes: [{name: a, host: h}]\nusers: [{name: app, password_file: pw}]\n");
+  dir.Write("pw", "x\n");
+  ::chmod(inline_pw.c_str(), 0644);
+  ::chmod(from_env.c_str(), 0644);
+  LoadResult r = LoadConfigFile(inline_pw);
+  ASSERT_TRUE(r.errors.empty()) << AllErrors(r);
+  ASSERT_EQ(r.warnings.size(), 1u);
+  EXPECT_NE(r.warnings[0].find("chmod 600"), std::string::npos) << r.warnings[0];
+  EXPECT_EQ(r.warnings[0].find("s3cret"), std::string::npos);  // never the password itself
+  EXPECT_TRUE(LoadConfigFile(from_env).warnings.empty());
+  ::chmod(inline_pw.c_str(), 0600);
+  EXPECT_TRUE(LoadConfigFile(inline_pw).warnings.empty());
 }
 
 TEST(ConfigLoaderTest, SyntaxErrorIsOneErrorWithTheParserLine) {

@@ -389,6 +389,7 @@ class Pgrelay(Target):
             host, _, port = str(self.config.get("listen", "")).rpartition(":")
             self.host, self.port = host or "127.0.0.1", int(port)
             self.config_path.write_text("# written by tests/integration/conftest.py\n" + to_yaml(self.config) + "\n")
+            self.config_path.chmod(0o600)  # it holds passwords (pgrelay warns otherwise)
             with open(self.log_path, "ab") as log:
                 log.write(f"==== start attempt {attempt + 1}: {self.binary} --config {self.config_path}\n".encode())
                 log.flush()

@@ -6,6 +6,7 @@ serving normal clients afterwards."""
 import random
 import socket
 import struct
+import subprocess
 import time
 
 import psycopg
@@ -327,3 +328,16 @@ def test_connection_limit_exact(make_pgrelay):
     finally:
         for s in sessions:
             s.close()
+
+
+def test_config_readable_by_others_with_passwords_draws_a_warning(pgrelay_bin, tmp_path):
+    path = tmp_path / "pgrelay.yaml"
+    path.write_text("nodes: [{name: a, host: 127.0.0.1}]\nusers: [{name: app, password: hunter2-pw}]\n")
+    path.chmod(0o644)
+    out = subprocess.run([pgrelay_bin, "--check-config", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "other users can read it: chmod 600" in out.stderr
+    assert "hunter2-pw" not in out.stderr + out.stdout
+    path.chmod(0o600)
+    out = subprocess.run([pgrelay_bin, "--check-config", str(path)], capture_output=True, text=True)
+    assert "warning" not in out.stderr
