@@ -385,3 +385,32 @@ def test_pause_holds_statements_at_transaction_boundaries_until_resume(make_pgre
         assert conn.execute("SELECT 4").fetchone() == (4,)
     assert 0.5 <= time.time() - started <= 5
     assert http(relay, "POST", "/pause?timeout=soon", token=TOKEN)[0] == 400
+
+
+def test_no_secret_in_logs_metrics_or_cluster(make_pgrelay, cluster, tmp_path):
+    """Passwords and the admin token never show up in the log (debug level), /metrics or /cluster,
+    whatever clients do: log in, fail to, run statements, hit errors."""
+    client_pw, failover_pw, token = "Zx9-leak-probe-pw", "Qq7-failover-pw", "Tt5-admin-token-0123456789"
+    relay = make_pgrelay({
+        "users": [{"name": "leaky", "password": client_pw},
+                  {"name": cluster.app_user, "password": cluster.app_password}],
+        "backend": {"user": cluster.app_user, "password": cluster.app_password},
+        "failover": {"mode": "manual", "user": "postgres", "password": failover_pw,
+                     "state_file": str(tmp_path / "state")},
+        "admin": {"token": token},
+        "routing": {"strategy": "read-your-writes"},
+        "log": {"level": "debug"}})
+    require_admin(relay)
+    with relay.connect(user="leaky", password=client_pw, autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        with pytest.raises(psycopg.Error):
+            conn.execute(f"SELECT '{client_pw}'::int")  # the server echoes it; pgrelay must not log it
+    for bad in ("wrong", client_pw + "x"):
+        with pytest.raises(psycopg.OperationalError):
+            relay.connect(user="leaky", password=bad)
+    assert http(relay, "POST", "/pause?timeout=1", token="not-" + token)[0] == 401
+    texts = {"/metrics": scrape(relay), "/cluster": http(relay, "GET", "/cluster")[2],
+             "log": relay.log_path.read_text(errors="replace")}
+    for where, text in texts.items():
+        for secret in (client_pw, failover_pw, token):
+            assert secret not in text, f"{secret!r} appears in {where}"
