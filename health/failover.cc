@@ -229,6 +229,18 @@ asio::awaitable<std::string> Repoint(const asio::any_io_executor& executor, cons
          "receiver keeps retrying)";
 }
 
+std::vector<std::pair<std::string, std::string>> PromotionHookValues(const NodeStatus& failed,
+                                                                     const NodeStatus& candidate,
+                                                                     uint64_t epoch) {
+  return {{"failed", failed.name},
+          {"failed_host", failed.host},
+          {"failed_port", std::to_string(failed.port)},
+          {"candidate", candidate.name},
+          {"candidate_host", candidate.host},
+          {"candidate_port", std::to_string(candidate.port)},
+          {"epoch", std::to_string(epoch)}};
+}
+
 std::string RewriteConninfo(std::string_view conninfo, std::string_view host, uint16_t port) {
   std::vector<std::pair<std::string, std::string>> kv;
   size_t i = 0;

@@ -75,6 +75,11 @@ boost::asio::awaitable<std::string> Repoint(const boost::asio::any_io_executor& 
                                             const NodeStatus& primary, const NodeStatus& replica,
                                             FailoverCancel& cancel);
 
+// The placeholders of failover.hooks for promoting `candidate` in place of `failed` at `epoch`.
+std::vector<std::pair<std::string, std::string>> PromotionHookValues(const NodeStatus& failed,
+                                                                     const NodeStatus& candidate,
+                                                                     uint64_t epoch);
+
 // A libpq conninfo string with host/port replaced (hostaddr dropped), every value re-quoted.
 std::string RewriteConninfo(std::string_view conninfo, std::string_view host, uint16_t port);
 

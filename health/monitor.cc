@@ -460,13 +460,7 @@ asio::awaitable<void> Monitor::Impl::RunFailover(PromotionPlan plan,
                                                << Label(plan.candidate) << ", received up to "
                                                << FormatLsn(plan.candidate_lsn));
   const asio::any_io_executor executor = io_.get_executor();
-  const HookValues values = {{"failed", failed.name},
-                             {"failed_host", failed.host},
-                             {"failed_port", std::to_string(failed.port)},
-                             {"candidate", candidate.name},
-                             {"candidate_host", candidate.host},
-                             {"candidate_port", std::to_string(candidate.port)},
-                             {"epoch", std::to_string(epoch_ + 1)}};
+  const HookValues values = PromotionHookValues(failed, candidate, epoch_ + 1);
   if (!config_->failover.before_promote.empty()) {
     const bool ok = co_await RunFailoverHook("before_promote", config_->failover.before_promote,
                                              values);
@@ -579,13 +573,7 @@ asio::awaitable<void> Monitor::Impl::RunSwitchover(
     PGRELAY_LOG(kWarning, "failover", "statements still active on " << from.name
                                           << " after the drain period; stopping it anyway");
   }
-  const HookValues values = {{"failed", from.name},
-                             {"failed_host", from.host},
-                             {"failed_port", std::to_string(from.port)},
-                             {"candidate", candidate.name},
-                             {"candidate_host", candidate.host},
-                             {"candidate_port", std::to_string(candidate.port)},
-                             {"epoch", std::to_string(epoch_ + 1)}};
+  const HookValues values = PromotionHookValues(from, candidate, epoch_ + 1);
   const bool stopped =
       co_await RunFailoverHook("before_promote", config_->failover.before_promote, values);
   if (!stopped) {

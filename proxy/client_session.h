@@ -147,6 +147,8 @@ class ClientSession {
   void PushForward(Backend* b, const routing::UnitTraits& traits, bool statement);
   void PushSwallowed(Backend* b);
   awaitable<bool> Flush();
+  // Until the current backend owes the client no reply (replies stay in order).
+  awaitable<void> WaitCurrentDone();
   awaitable<bool> WriteToClient(const std::vector<asio::const_buffer>& buffers);
   awaitable<void> RespondError(std::string_view code, std::string_view message, bool with_ready);
   awaitable<void> RespondReady();

@@ -2,6 +2,8 @@
 
 #include <cctype>
 
+#include "routing/sql_scan.h"
+
 namespace pgrelay::proxy {
 
 namespace {
@@ -34,7 +36,10 @@ std::string ShowName(std::string_view sql) {
     while (i < sql.size() && IsSpace(sql[i])) ++i;
   };
   skip();
-  if (sql.size() - i < 5 || Lower(sql.substr(i, 4)) != "show" || !IsSpace(sql[i + 4])) return {};
+  if (sql.size() - i < 5 || !routing::EqualsIgnoreCase(sql.substr(i, 4), "show") ||
+      !IsSpace(sql[i + 4])) {
+    return {};
+  }
   i += 4;
   skip();
   const size_t start = i;

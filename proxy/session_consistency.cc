@@ -315,9 +315,7 @@ awaitable<bool> ClientSession::HandlePgrelayCommand(std::string_view sql,
 
 awaitable<void> ClientSession::RespondLocal(std::string_view messages) {
   co_await Flush();
-  while (current_ && current_->alive && current_->forward_pending > 0 && !ending_) {
-    co_await switch_signal_.Wait();
-  }
+  co_await WaitCurrentDone();
   if (ending_) co_return;
   reply_.clear();
   reply_.append(messages);

@@ -471,9 +471,7 @@ awaitable<bool> ClientSession::SwitchTo(Backend* b) {
   if (current_ != b) {
     co_await Flush();
     // Replies must reach the client in order: let the previous backend finish first.
-    while (current_ && current_->alive && current_->forward_pending > 0 && !ending_) {
-      co_await switch_signal_.Wait();
-    }
+    co_await WaitCurrentDone();
     current_ = b;
     UpdateCancelTarget();
   }
@@ -573,6 +571,12 @@ awaitable<bool> ClientSession::Flush() {
   co_return !ending_;
 }
 
+awaitable<void> ClientSession::WaitCurrentDone() {
+  while (current_ && current_->alive && current_->forward_pending > 0 && !ending_) {
+    co_await switch_signal_.Wait();
+  }
+}
+
 awaitable<bool> ClientSession::WriteToClient(const std::vector<asio::const_buffer>& buffers) {
   while (client_writing_) co_await client_write_free_.Wait();
   client_writing_ = true;
@@ -591,9 +595,7 @@ awaitable<bool> ClientSession::WriteToClient(const std::vector<asio::const_buffe
 awaitable<void> ClientSession::RespondError(std::string_view code, std::string_view message,
                                             bool with_ready) {
   co_await Flush();
-  while (current_ && current_->alive && current_->forward_pending > 0 && !ending_) {
-    co_await switch_signal_.Wait();
-  }
+  co_await WaitCurrentDone();
   if (ending_) co_return;
   reply_.clear();
   protocol::AppendError(&reply_, "ERROR", code, message);
@@ -603,9 +605,7 @@ awaitable<void> ClientSession::RespondError(std::string_view code, std::string_v
 }
 
 awaitable<void> ClientSession::RespondReady() {
-  while (current_ && current_->alive && current_->forward_pending > 0 && !ending_) {
-    co_await switch_signal_.Wait();
-  }
+  co_await WaitCurrentDone();
   if (ending_) co_return;
   reply_.clear();
   protocol::AppendReadyForQuery(&reply_, tx_status_);
