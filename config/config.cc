@@ -1,5 +1,9 @@
 #include "config/config.h"
 
+#include <arpa/inet.h>
+
+#include <cstring>
+
 namespace pgrelay::config {
 
 std::string Endpoint::ToString() const {
@@ -85,37 +89,19 @@ std::string_view ToString(FailoverMode m) {
 std::vector<std::string> DefaultSideEffectFreeFunctions() {
   // Volatile in pg_proc but without side effects, and answering the same on a replica. Built-ins
   // are schema-qualified so that a user function of the same name still counts as volatile.
-  return {"pg_catalog.random",
-          "pg_catalog.clock_timestamp",
-          "pg_catalog.timeofday",
-          "pg_catalog.gen_random_uuid",
-          "pg_catalog.statement_timestamp",
-          "pg_catalog.transaction_timestamp",
-          "pg_catalog.now",
-          "pg_catalog.current_query",
-          "pg_catalog.pg_sleep",
-          "pg_catalog.pg_sleep_for",
-          "pg_catalog.pg_sleep_until",
-          "pg_catalog.pg_relation_size",
-          "pg_catalog.pg_table_size",
-          "pg_catalog.pg_indexes_size",
-          "pg_catalog.pg_total_relation_size",
-          "pg_catalog.pg_database_size",
+  return {"pg_catalog.random", "pg_catalog.clock_timestamp", "pg_catalog.timeofday",
+          "pg_catalog.gen_random_uuid", "pg_catalog.statement_timestamp",
+          "pg_catalog.transaction_timestamp", "pg_catalog.now", "pg_catalog.current_query",
+          "pg_catalog.pg_sleep", "pg_catalog.pg_sleep_for", "pg_catalog.pg_sleep_until",
+          "pg_catalog.pg_relation_size", "pg_catalog.pg_table_size", "pg_catalog.pg_indexes_size",
+          "pg_catalog.pg_total_relation_size", "pg_catalog.pg_database_size",
           "pg_catalog.pg_tablespace_size",
           // Recovery and replication status: reads that a replica answers for itself.
-          "pg_catalog.pg_is_in_recovery",
-          "pg_catalog.pg_is_wal_replay_paused",
-          "pg_catalog.pg_get_wal_replay_pause_state",
-          "pg_catalog.pg_last_wal_receive_lsn",
-          "pg_catalog.pg_last_wal_replay_lsn",
-          "pg_catalog.pg_last_xact_replay_timestamp",
-          "pg_catalog.pg_backend_pid",
-          "pg_catalog.inet_server_addr",
-          "pg_catalog.inet_server_port",
-          "uuid_generate_v1",
-          "uuid_generate_v1mc",
-          "uuid_generate_v4",
-          "gen_random_bytes"};
+          "pg_catalog.pg_is_in_recovery", "pg_catalog.pg_is_wal_replay_paused",
+          "pg_catalog.pg_get_wal_replay_pause_state", "pg_catalog.pg_last_wal_receive_lsn",
+          "pg_catalog.pg_last_wal_replay_lsn", "pg_catalog.pg_last_xact_replay_timestamp",
+          "pg_catalog.pg_backend_pid", "pg_catalog.inet_server_addr", "pg_catalog.inet_server_port",
+          "uuid_generate_v1", "uuid_generate_v1mc", "uuid_generate_v4", "gen_random_bytes"};
 }
 
 std::vector<std::string> DefaultPrimaryFunctions() {
@@ -156,6 +142,22 @@ Strategy Config::StrategyFor(std::string_view database, std::string_view user,
     return o.strategy;
   }
   return strategy;
+}
+
+bool IsLoopbackHost(const std::string& host) {
+  if (host == "localhost") return true;
+  unsigned char address[16];
+  if (inet_pton(AF_INET, host.c_str(), address) == 1) return address[0] == 127;
+  static constexpr unsigned char kV6Loopback[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+  return inet_pton(AF_INET6, host.c_str(), address) == 1 &&
+         std::memcmp(address, kV6Loopback, sizeof kV6Loopback) == 0;
+}
+
+int Config::FindNode(std::string_view name) const {
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (!nodes[i].removed && nodes[i].name == name) return static_cast<int>(i);
+  }
+  return -1;
 }
 
 const UserConfig* Config::FindUser(std::string_view name) const {

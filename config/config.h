@@ -15,13 +15,24 @@ struct Endpoint {
   std::string host = "127.0.0.1";
   uint16_t port = 0;
   std::string ToString() const;  // "host:port"
+
+  bool operator==(const Endpoint&) const = default;
 };
+
+// Node indexes are slots, stable for the life of the process: a reload that removes a node keeps
+// its slot (marked `removed`: never probed, never routed to) and a node added by a reload gets a
+// new slot at the end (or its old slot back, if it returns with the same name and address).
+// Every per-node table (topology, metrics, in-flight counts) has room for kMaxNodes slots.
+inline constexpr size_t kMaxNodes = 64;
 
 struct NodeConfig {
   std::string name;
   std::string host;
   uint16_t port = 5432;
-  int weight = 1;  // load-balancing weight for reads (>= 0; 0 = never a read target)
+  int weight = 1;        // load-balancing weight for reads (>= 0; 0 = never a read target)
+  bool removed = false;  // a slot a reload took out of the configuration (see kMaxNodes)
+
+  bool operator==(const NodeConfig&) const = default;
 };
 
 // A user clients may log in as. The password is already resolved from
@@ -29,6 +40,8 @@ struct NodeConfig {
 struct UserConfig {
   std::string name;
   std::string password;
+
+  bool operator==(const UserConfig&) const = default;
 };
 
 enum class AuthMethod { kScramSha256, kMd5, kTrust };
@@ -41,22 +54,27 @@ enum class FailoverMode { kOff, kManual, kAuto };
 std::string_view ToString(AuthMethod m);  // "scram-sha-256" | "md5" | "trust"
 std::string_view ToString(Strategy s);    // "leader" | "follower" | "read-your-writes" | "quorum"
 std::string_view ToString(LogLevel l);
-std::string_view ToString(LoadBalance b);  // "round_robin" | "least_connections" | "random"    // "debug" | "info" | "warning" | "error"
-std::string_view ToString(Route r);       // "primary" | "replica"
+std::string_view ToString(LoadBalance b);   // "round_robin" | "least_connections" | "random"    //
+                                            // "debug" | "info" | "warning" | "error"
+std::string_view ToString(Route r);         // "primary" | "replica"
 std::string_view ToString(FailoverMode m);  // "off" | "manual" | "auto"
 
 // Credentials pgrelay uses toward the PostgreSQL nodes.
 struct BackendCredentials {
   std::string user;
   std::string password;  // resolved like UserConfig::password; may be empty (trust)
+
+  bool operator==(const BackendCredentials&) const = default;
 };
 
 struct Limits {
   int max_client_connections = 1000;
-  uint32_t max_message_size = 64u << 20;            // bytes; client messages larger -> 54000
+  uint32_t max_message_size = 64u << 20;             // bytes; client messages larger -> 54000
   std::chrono::milliseconds startup_timeout{10000};  // startup packet + authentication
   std::chrono::milliseconds connect_timeout{5000};   // backend connect + backend auth
   std::chrono::milliseconds client_idle_timeout{0};  // 0 = off
+
+  bool operator==(const Limits&) const = default;
 };
 
 struct HealthConfig {
@@ -65,6 +83,8 @@ struct HealthConfig {
   std::string database = "postgres";
   int failure_threshold = 3;   // consecutive failed probes until a node is down (1 = suspect)
   int recovery_threshold = 2;  // consecutive good probes until a down node is up again
+
+  bool operator==(const HealthConfig&) const = default;
 };
 
 // failover: what pgrelay does when the primary fails (docs/failover.md).
@@ -88,6 +108,8 @@ struct FailoverConfig {
   std::string before_promote;
   std::string after_promote;
   std::chrono::milliseconds hook_timeout{30000};
+
+  bool operator==(const FailoverConfig&) const = default;
 };
 
 // An ordered routing rule (routing.rules): the first rule whose regular expression matches
@@ -96,6 +118,8 @@ struct FailoverConfig {
 struct RoutingRule {
   std::string match;
   Route route = Route::kPrimary;
+
+  bool operator==(const RoutingRule&) const = default;
 };
 
 // routing.overrides: a session whose database, user and application_name (at connect time)
@@ -105,7 +129,12 @@ struct StrategyOverride {
   std::string user;              // empty: any
   std::string application_name;  // empty: any
   Strategy strategy = Strategy::kLeader;
+
+  bool operator==(const StrategyOverride&) const = default;
 };
+
+// A loopback IP address (127.0.0.0/8, ::1) or "localhost"; no name resolution.
+bool IsLoopbackHost(const std::string& host);
 
 // Function names are "name" (any schema) or "schema.name", as stored in pg_proc.
 std::vector<std::string> DefaultSideEffectFreeFunctions();
@@ -121,16 +150,18 @@ struct RoutingConfig {
   size_t classifier_cache_size = 10000;  // statements per worker; 0 = no cache
   // Read routing (follower and the consistency strategies).
   LoadBalance load_balance = LoadBalance::kRoundRobin;
-  uint64_t max_lag_bytes = 16u << 20;        // replicas further behind get no reads; 0 = no bound
+  uint64_t max_lag_bytes = 16u << 20;  // replicas further behind get no reads; 0 = no bound
   // The same in time; 0 = no bound (the default: replay-time lag is an estimate that reads
   // high after idle periods, so the byte bound is the reliable one).
   std::chrono::milliseconds max_lag{0};
-  bool fallback_to_primary = true;           // no eligible replica: read on the primary
+  bool fallback_to_primary = true;  // no eligible replica: read on the primary
   // Consistency strategies: how long a read may wait for a replica to replay what it must see
   // before it goes to the primary (routing.ryw.max_wait, routing.quorum.max_wait; 0 = no wait).
   std::chrono::milliseconds ryw_max_wait{20};
   std::chrono::milliseconds quorum_max_wait{20};
   std::vector<StrategyOverride> overrides;
+
+  bool operator==(const RoutingConfig&) const = default;
 };
 
 struct Config {
@@ -152,6 +183,8 @@ struct Config {
   LogLevel log_level = LogLevel::kInfo;
 
   const UserConfig* FindUser(std::string_view name) const;  // nullptr if unknown
+  // The index of the node named `name` that is not removed; -1 if none.
+  int FindNode(std::string_view name) const;
   // The strategy for a session: the first matching routing.overrides entry, else `strategy`.
   Strategy StrategyFor(std::string_view database, std::string_view user,
                        std::string_view application_name) const;

@@ -1,13 +1,11 @@
 #include "config/config_loader.h"
 
-#include <sys/stat.h>
-
 #include <arpa/inet.h>
+#include <sys/stat.h>
 #include <yaml-cpp/yaml.h>
 
-#include <boost/regex.hpp>
-
 #include <algorithm>
+#include <boost/regex.hpp>
 #include <cerrno>
 #include <charconv>
 #include <cstdio>
@@ -158,16 +156,6 @@ std::optional<Endpoint> ParseEndpoint(std::string_view text) {
   const std::optional<int64_t> number = ParseInt(port);
   if (host.empty() || !number || *number < 1 || *number > 65535) return std::nullopt;
   return Endpoint{std::string(host), static_cast<uint16_t>(*number)};
-}
-
-// A loopback IP address (127.0.0.0/8, ::1) or "localhost"; no name resolution.
-bool IsLoopbackHost(const std::string& host) {
-  if (host == "localhost") return true;
-  unsigned char address[16];
-  if (inet_pton(AF_INET, host.c_str(), address) == 1) return address[0] == 127;
-  static constexpr unsigned char kV6Loopback[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
-  return inet_pton(AF_INET6, host.c_str(), address) == 1 &&
-         std::memcmp(address, kV6Loopback, sizeof kV6Loopback) == 0;
 }
 
 template <typename T, typename U>
@@ -623,6 +611,10 @@ void Loader::ReadNodes(const Entry& e) {
   if (count == 0 && (e.value.IsNull() || e.value.IsSequence())) {
     Error(e, "must list at least one node, e.g. - {name: pg1, host: 127.0.0.1}");
   }
+  if (static_cast<size_t>(count) > kMaxNodes) {
+    Error(e, "lists " + std::to_string(count) + " nodes; pgrelay supports at most " +
+                 std::to_string(kMaxNodes));
+  }
 }
 
 void Loader::ReadUsers(const Entry& e) {
@@ -820,11 +812,11 @@ void Loader::ReadRouting(const Entry& e) {
 
 // routing.ryw / routing.quorum: {max_wait: DURATION} (0 allowed: never wait).
 void Loader::ReadMaxWait(const Entry& e, milliseconds* out) {
-  VisitMap(e.value, e.path, e.line,
-           {
-               {"max_wait",
-                [&](const Entry& f) { Set(ReadDuration(f, /*zero_means_off=*/true), out); }},
-           });
+  VisitMap(
+      e.value, e.path, e.line,
+      {
+          {"max_wait", [&](const Entry& f) { Set(ReadDuration(f, /*zero_means_off=*/true), out); }},
+      });
 }
 
 // routing.rules: an ordered list of {match: REGEX, route: primary|replica}.
@@ -843,24 +835,23 @@ void Loader::ReadStrategyOverrides(const Entry& e) {
         }
       };
     };
-    const auto seen = VisitMap(
-        item, path, LineOf(item),
-        {
-            {"database", read(&o.database)},
-            {"user", read(&o.user)},
-            {"application_name", read(&o.application_name)},
-            {"strategy",
-             [&](const Entry& f) {
-               const std::optional<Strategy> s =
-                   ReadEnum(f, {Strategy::kLeader, Strategy::kFollower, Strategy::kReadYourWrites,
-                                Strategy::kQuorum});
-               if (s) {
-                 o.strategy = *s;
-               } else {
-                 valid = false;
-               }
-             }},
-        });
+    const auto seen = VisitMap(item, path, LineOf(item),
+                               {
+                                   {"database", read(&o.database)},
+                                   {"user", read(&o.user)},
+                                   {"application_name", read(&o.application_name)},
+                                   {"strategy",
+                                    [&](const Entry& f) {
+                                      const std::optional<Strategy> s = ReadEnum(
+                                          f, {Strategy::kLeader, Strategy::kFollower,
+                                              Strategy::kReadYourWrites, Strategy::kQuorum});
+                                      if (s) {
+                                        o.strategy = *s;
+                                      } else {
+                                        valid = false;
+                                      }
+                                    }},
+                               });
     if (!seen) return;
     if (!seen->contains("strategy")) {
       Error(path + ".strategy", LineOf(item), "missing; an override needs a strategy");
