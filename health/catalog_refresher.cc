@@ -65,36 +65,55 @@ void CatalogRefresher::Poke() {
   cv_.notify_all();
 }
 
+void CatalogRefresher::Reconfigure(std::shared_ptr<const config::Config> config) {
+  {
+    std::lock_guard lock(mu_);
+    config_ = std::move(config);
+    catalog_.store(last_load_ ? MakeFunctionCatalog(*last_load_, ListsOf(*config_))
+                              : routing::FunctionCatalog::Builtin(ListsOf(*config_)),
+                   std::memory_order_release);
+    poked_ = true;
+  }
+  cv_.notify_all();
+}
+
 bool CatalogRefresher::LoadOnce() {
   auto topology = monitor_->Snapshot();
   const NodeStatus* primary = topology->Primary();
   if (primary == nullptr) return false;
-  const auto creds = config_->MonitorCredentials();
+  std::shared_ptr<const config::Config> config;
   std::set<std::string> databases;
   {
     std::lock_guard lock(mu_);
     databases = databases_;
+    config = config_;
   }
-  databases.insert(config_->health.database);
+  const auto creds = config->MonitorCredentials();
+  databases.insert(config->health.database);
   FunctionCatalogLoad load;
   for (const std::string& database : databases) {
     const std::string conninfo =
         "host=" + Quote(primary->host) + " port=" + std::to_string(primary->port) +
         " user=" + Quote(creds.user) + " password=" + Quote(creds.password) +
         " dbname=" + Quote(database) + " application_name='pgrelay-catalog'";
-    FunctionCatalogLoad one = LoadFunctionEntries(conninfo, config_->health.timeout);
+    FunctionCatalogLoad one = LoadFunctionEntries(conninfo, config->health.timeout);
     if (!one.ok()) {
       // That database keeps what the built-ins say (unknown functions count as volatile).
-      PGRELAY_LOG(kWarning, "catalog", "could not load function volatility of database "
-                                           << database << " from " << primary->name << ": "
-                                           << one.error);
+      PGRELAY_LOG(kWarning, "catalog",
+                  "could not load function volatility of database "
+                      << database << " from " << primary->name << ": " << one.error);
       continue;
     }
     load.entries.insert(load.entries.end(), one.entries.begin(), one.entries.end());
   }
-  catalog_.store(MakeFunctionCatalog(load, ListsOf(*config_)), std::memory_order_release);
-  PGRELAY_LOG(kDebug, "catalog", "loaded " << load.entries.size() << " user functions from "
-                                           << primary->name);
+  {
+    std::lock_guard lock(mu_);
+    if (config_ == config) {  // else a reload came meanwhile: the next load uses its lists
+      catalog_.store(MakeFunctionCatalog(load, ListsOf(*config_)), std::memory_order_release);
+    }
+    last_load_ = std::move(load);
+  }
+  PGRELAY_LOG(kDebug, "catalog", "loaded user functions from " << primary->name);
   return true;
 }
 
@@ -105,8 +124,9 @@ void CatalogRefresher::Loop() {
     lock.unlock();
     bool ok = LoadOnce();
     lock.lock();
-    cv_.wait_for(lock, ok ? std::chrono::duration_cast<std::chrono::milliseconds>(kRefreshInterval)
-                          : std::chrono::duration_cast<std::chrono::milliseconds>(kRetryInterval),
+    cv_.wait_for(lock,
+                 ok ? std::chrono::duration_cast<std::chrono::milliseconds>(kRefreshInterval)
+                    : std::chrono::duration_cast<std::chrono::milliseconds>(kRetryInterval),
                  [this] { return stop_ || poked_; });
   }
 }

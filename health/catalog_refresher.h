@@ -8,11 +8,13 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
 
 #include "config/config.h"
+#include "health/function_catalog_loader.h"
 #include "health/monitor.h"
 #include "routing/function_catalog.h"
 
@@ -34,12 +36,15 @@ class CatalogRefresher {
   // Functions live per database: the catalog covers every database clients have used (a
   // function name found in several counts with its most volatile definition).
   void NoteDatabase(const std::string& database);
+  // Config reload: the routing function lists and credentials of `config` apply from now on
+  // (the catalog is rebuilt at once from the last load).
+  void Reconfigure(std::shared_ptr<const config::Config> config);
 
  private:
   void Loop();
   bool LoadOnce();
 
-  std::shared_ptr<const config::Config> config_;
+  std::shared_ptr<const config::Config> config_;  // guarded by mu_
   const Monitor* monitor_;
   std::atomic<std::shared_ptr<const routing::FunctionCatalog>> catalog_;
   std::mutex mu_;
@@ -47,6 +52,7 @@ class CatalogRefresher {
   bool stop_ = false;
   bool poked_ = false;
   std::set<std::string> databases_;
+  std::optional<FunctionCatalogLoad> last_load_;  // guarded by mu_
   std::thread thread_;
 };
 

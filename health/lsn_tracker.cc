@@ -52,10 +52,17 @@ class LsnTracker::Impl {
  public:
   Impl(LsnTracker* owner, std::shared_ptr<const config::Config> config, const Monitor* monitor)
       : owner_(owner), config_(std::move(config)), monitor_(monitor) {
-    for (size_t i = 0; i < config_->nodes.size(); ++i) {
-      replicas_.push_back(std::make_unique<PgConnection>(io_.get_executor()));
-    }
-    replica_targets_.resize(config_->nodes.size());
+    replicas_.resize(config::kMaxNodes);
+    replica_targets_.resize(config::kMaxNodes);
+  }
+
+  // Config reload: new credentials and timeouts; every connection is opened afresh.
+  void Reconfigure(std::shared_ptr<const config::Config> next) {
+    asio::post(io_, [this, next = std::move(next)] {
+      config_ = next;
+      primary_target_.clear();
+      for (std::string& t : replica_targets_) t.clear();  // Ask() reconnects on a new target
+    });
   }
 
   void Start() {
@@ -69,13 +76,17 @@ class LsnTracker::Impl {
     asio::post(io_, [this] {
       stopping_ = true;
       primary_.Cancel();
-      for (auto& c : replicas_) c->Cancel();
+      for (auto& c : replicas_) {
+        if (c) c->Cancel();
+      }
       retry_.cancel();
       work_.reset();
     });
     thread_.join();
     primary_.Close();
-    for (auto& c : replicas_) c->Close();
+    for (auto& c : replicas_) {
+      if (c) c->Close();
+    }
   }
 
   void RequestPrimary(Clock::time_point since, const asio::any_io_executor& executor,
@@ -203,9 +214,10 @@ class LsnTracker::Impl {
     auto topology = monitor_->Snapshot();
     round_outstanding_ = 1;  // held until every probe is spawned
     for (int i : topology->replicas) {
+      if (static_cast<size_t>(i) >= replicas_.size()) continue;
+      if (!replicas_[i]) replicas_[i] = std::make_unique<PgConnection>(io_.get_executor());
       ++round_outstanding_;
-      asio::co_spawn(io_, ProbeReplica(static_cast<size_t>(i), topology->nodes[i]),
-                     RethrowOnError);
+      asio::co_spawn(io_, ProbeReplica(static_cast<size_t>(i), topology->nodes[i]), RethrowOnError);
     }
     ReplicaDone();
   }
@@ -232,7 +244,7 @@ class LsnTracker::Impl {
   }
 
   LsnTracker* const owner_;
-  const std::shared_ptr<const config::Config> config_;
+  std::shared_ptr<const config::Config> config_;  // the tracker's thread only (Reconfigure)
   const Monitor* const monitor_;
   asio::io_context io_{1};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
@@ -259,8 +271,8 @@ class LsnTracker::Impl {
 };
 
 LsnTracker::LsnTracker(std::shared_ptr<const config::Config> config, const Monitor* monitor)
-    : replay_(std::make_unique<std::atomic<uint64_t>[]>(config->nodes.size())),
-      replay_at_(std::make_unique<std::atomic<int64_t>[]>(config->nodes.size())),
+    : replay_(std::make_unique<std::atomic<uint64_t>[]>(config::kMaxNodes)),
+      replay_at_(std::make_unique<std::atomic<int64_t>[]>(config::kMaxNodes)),
       impl_(std::make_unique<Impl>(this, std::move(config), monitor)) {}
 
 LsnTracker::~LsnTracker() { Stop(); }
@@ -268,6 +280,10 @@ LsnTracker::~LsnTracker() { Stop(); }
 void LsnTracker::Start() { impl_->Start(); }
 
 void LsnTracker::Stop() { impl_->Stop(); }
+
+void LsnTracker::Reconfigure(std::shared_ptr<const config::Config> config) {
+  impl_->Reconfigure(std::move(config));
+}
 
 uint64_t LsnTracker::PrimaryLsnSince(Clock::time_point since) const {
   if (primary_sent_.load(std::memory_order_acquire) < Ticks(since)) return 0;

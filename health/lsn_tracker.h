@@ -42,6 +42,8 @@ class LsnTracker {
   // Ends every probe and joins the thread; pending requests are dropped (their callbacks never
   // run). Idempotent.
   void Stop();
+  // Config reload: later probes use the new credentials and timeouts.
+  void Reconfigure(std::shared_ptr<const config::Config> config);
 
   // The primary's WAL LSN from the newest successful probe, if that probe was sent at or after
   // `since`; else 0.

@@ -14,8 +14,8 @@
 #include <future>
 #include <mutex>
 #include <optional>
-#include <stdexcept>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -63,10 +63,11 @@ class Monitor::Impl {
   void Stop();
   std::shared_ptr<const Topology> Initial() const;
   std::pair<bool, std::string> Switchover(const std::string& target, milliseconds timeout);
+  bool Reconfigure(std::shared_ptr<const config::Config> next, milliseconds timeout);
 
  private:
   struct Node {
-    const config::NodeConfig* config = nullptr;
+    config::NodeConfig config;
     std::unique_ptr<NodeProbe> probe;
     NodeState state;
     bool busy = false;  // a probe is running
@@ -74,6 +75,8 @@ class Monitor::Impl {
   };
 
   asio::awaitable<void> Run();
+  void AddNode(const config::NodeConfig& node);
+  void Apply(std::shared_ptr<const config::Config> next);  // on the monitor's thread
   void StartRound(Clock::time_point now);
   asio::awaitable<void> ProbeNode(size_t i, uint64_t round, Clock::time_point deadline);
   void LogTransition(size_t i, const NodeTransition& t) const;
@@ -89,24 +92,28 @@ class Monitor::Impl {
   void MaybeFailover(const Topology& t);
   asio::awaitable<void> RunFailover(PromotionPlan plan, std::shared_ptr<const Topology> t);
   asio::awaitable<bool> DrainPrimary(const NodeStatus& primary);
-  asio::awaitable<void> RunSwitchover(std::string target,
-                                      std::shared_ptr<std::promise<std::pair<bool, std::string>>> done);
+  asio::awaitable<void> RunSwitchover(
+      std::string target, std::shared_ptr<std::promise<std::pair<bool, std::string>>> done);
   // The common end of a promotion: record the new primary, look again at once, re-point the
   // other replicas. (The caller runs after_promote.)
   asio::awaitable<void> FinishPromotion(const NodeStatus& candidate, uint32_t timeline,
                                         const std::shared_ptr<const Topology>& t, int old_primary);
-  asio::awaitable<bool> RunFailoverHook(const char* which, const std::string& command,
-                                        const std::vector<std::pair<std::string, std::string>>& values);
+  asio::awaitable<bool> RunFailoverHook(
+      const char* which, const std::string& command,
+      const std::vector<std::pair<std::string, std::string>>& values);
   std::string Label(size_t i) const;  // "pg1 (127.0.0.1:5432)"
 
-  const std::shared_ptr<const config::Config> config_;
+  // Replaced by a reload on the monitor's thread: a coroutine that awaits while it uses the
+  // config holds its own reference (a local copy of config_).
+  std::shared_ptr<const config::Config> config_;
   std::atomic<std::shared_ptr<const Topology>>* const out_;
-  const milliseconds interval_;
-  const milliseconds timeout_;
+  milliseconds interval_;
+  milliseconds timeout_;
   // Declared before everything that holds Asio objects, so it is destroyed after them.
   asio::io_context io_{1};
   asio::steady_timer tick_{io_};
-  std::vector<Node> nodes_;
+  std::vector<std::unique_ptr<Node>> nodes_;                // one per node slot; stable addresses
+  std::vector<std::unique_ptr<NodeProbe>> retired_probes_;  // may still be ending a probe
   uint64_t round_ = 0;
   int outstanding_ = 0;  // probes of the current round still running
   bool published_ = true;
@@ -137,20 +144,77 @@ Monitor::Impl::Impl(std::shared_ptr<const config::Config> config,
       out_(out),
       interval_(config_->health.interval),
       timeout_(config_->health.timeout) {
+  for (const config::NodeConfig& node : config_->nodes) AddNode(node);
+}
+
+void Monitor::Impl::AddNode(const config::NodeConfig& node) {
   const config::BackendCredentials creds = config_->MonitorCredentials();
   const HealthThresholds thresholds{config_->health.failure_threshold,
                                     config_->health.recovery_threshold};
-  nodes_.reserve(config_->nodes.size());
-  for (const config::NodeConfig& node : config_->nodes) {
-    PgConnectParams params = NodeConnectParams(node.host, node.port, creds.user, creds.password,
+  PgConnectParams params = NodeConnectParams(node.host, node.port, creds.user, creds.password,
+                                             config_->health.database, "pgrelay-health");
+  auto n = std::make_unique<Node>(Node{node, nullptr, NodeState(thresholds)});
+  n->probe = std::make_unique<NodeProbe>(io_.get_executor(), std::move(params));
+  nodes_.push_back(std::move(n));
+}
+
+void Monitor::Impl::Apply(std::shared_ptr<const config::Config> next) {
+  config_ = std::move(next);
+  interval_ = config_->health.interval;
+  timeout_ = config_->health.timeout;
+  const config::BackendCredentials creds = config_->MonitorCredentials();
+  const HealthThresholds thresholds{config_->health.failure_threshold,
+                                    config_->health.recovery_threshold};
+  for (size_t i = 0; i < config_->nodes.size(); ++i) {
+    const config::NodeConfig& c = config_->nodes[i];
+    if (i >= nodes_.size()) {
+      AddNode(c);
+      PGRELAY_LOG(kInfo, "health", "node " << Label(i) << " added by a config reload");
+      continue;
+    }
+    Node& n = *nodes_[i];
+    const bool was_removed = n.config.removed;
+    n.config = c;
+    if (c.removed && !was_removed) {
+      n.probe->Cancel();  // ends a running probe; the slot is never probed again unless re-added
+      if (!n.busy) n.probe->Close();  // else ProbeNode closes it when the probe ends
+      PGRELAY_LOG(kInfo, "health", "node " << Label(i) << " removed by a config reload");
+      continue;
+    }
+    if (c.removed) continue;
+    PgConnectParams params = NodeConnectParams(c.host, c.port, creds.user, creds.password,
                                                config_->health.database, "pgrelay-health");
-    Node& n = nodes_.emplace_back(Node{&node, nullptr, NodeState(thresholds)});
-    n.probe = std::make_unique<NodeProbe>(io_.get_executor(), std::move(params));
+    if (was_removed) {
+      // Back in the configuration: a fresh probe (the cancelled one may still be ending) and a
+      // fresh state (down until it answers).
+      retired_probes_.push_back(std::move(n.probe));
+      n.probe = std::make_unique<NodeProbe>(io_.get_executor(), std::move(params));
+      n.state = NodeState(thresholds);
+      PGRELAY_LOG(kInfo, "health", "node " << Label(i) << " added back by a config reload");
+      continue;
+    }
+    n.probe->SetParams(std::move(params));
+    n.state.SetThresholds(thresholds);
   }
+  StartRound(Clock::now());  // publish the new node list now
+}
+
+bool Monitor::Impl::Reconfigure(std::shared_ptr<const config::Config> next, milliseconds timeout) {
+  if (!thread_.joinable()) {
+    Apply(std::move(next));
+    return true;
+  }
+  auto done = std::make_shared<std::promise<void>>();
+  std::future<void> applied = done->get_future();
+  asio::post(io_, [this, next = std::move(next), done] {
+    if (!stopping_) Apply(next);
+    done->set_value();
+  });
+  return applied.wait_for(timeout) == std::future_status::ready;
 }
 
 std::string Monitor::Impl::Label(size_t i) const {
-  const config::NodeConfig& c = *nodes_[i].config;
+  const config::NodeConfig& c = nodes_[i]->config;
   const bool v6 = c.host.find(':') != std::string::npos;
   return c.name + " (" + (v6 ? "[" + c.host + "]" : c.host) + ":" + std::to_string(c.port) + ")";
 }
@@ -158,10 +222,17 @@ std::string Monitor::Impl::Label(size_t i) const {
 std::vector<NodeStatus> Monitor::Impl::Statuses() const {
   std::vector<NodeStatus> statuses(nodes_.size());
   for (size_t i = 0; i < nodes_.size(); ++i) {
-    statuses[i].name = nodes_[i].config->name;
-    statuses[i].host = nodes_[i].config->host;
-    statuses[i].port = nodes_[i].config->port;
-    nodes_[i].state.Fill(&statuses[i]);
+    const Node& n = *nodes_[i];
+    statuses[i].name = n.config.name;
+    statuses[i].host = n.config.host;
+    statuses[i].port = n.config.port;
+    statuses[i].weight = n.config.weight;
+    if (n.config.removed) {
+      statuses[i].removed = true;
+      statuses[i].last_error = "removed from the configuration";
+      continue;  // down, role unknown: never a primary or a replica
+    }
+    n.state.Fill(&statuses[i]);
   }
   return statuses;
 }
@@ -185,9 +256,9 @@ void Monitor::Impl::Start() {
     if (!store_->Load(&record_, &error)) throw std::runtime_error(error);
     if (record_) {
       epoch_ = record_->epoch;
-      PGRELAY_LOG(kInfo, "failover", "failover record: primary " << record_->primary << " at epoch "
-                                                                 << record_->epoch << ", timeline "
-                                                                 << record_->timeline);
+      PGRELAY_LOG(kInfo, "failover",
+                  "failover record: primary " << record_->primary << " at epoch " << record_->epoch
+                                              << ", timeline " << record_->timeline);
     }
   }
   asio::co_spawn(io_, Run(), RethrowOnError);
@@ -202,11 +273,12 @@ void Monitor::Impl::Stop() {
   asio::post(io_, [this] {
     stopping_ = true;
     tick_.cancel();
-    for (Node& n : nodes_) n.probe->Cancel();
+    for (auto& n : nodes_) n->probe->Cancel();
     failover_cancel_.Cancel();
   });
   thread_.join();  // run() returns once every probe coroutine has ended
-  for (Node& n : nodes_) n.probe->Close();
+  for (auto& n : nodes_) n->probe->Close();
+  for (auto& p : retired_probes_) p->Close();
 }
 
 asio::awaitable<void> Monitor::Impl::Run() {
@@ -228,7 +300,8 @@ void Monitor::Impl::StartRound(Clock::time_point now) {
   outstanding_ = 0;
   published_ = false;
   for (size_t i = 0; i < nodes_.size(); ++i) {
-    Node& n = nodes_[i];
+    Node& n = *nodes_[i];
+    if (n.config.removed) continue;
     if (n.busy) {
       // Never two probes at once on a node: a hung node costs one connection, not one per round.
       LogTransition(
@@ -247,10 +320,16 @@ void Monitor::Impl::StartRound(Clock::time_point now) {
 
 asio::awaitable<void> Monitor::Impl::ProbeNode(size_t i, uint64_t round,
                                                Clock::time_point deadline) {
-  Node& n = nodes_[i];
-  const ProbeOutcome outcome = co_await n.probe->Run(deadline, timeout_);
+  Node& n = *nodes_[i];
+  const milliseconds timeout = timeout_;
+  NodeProbe* probe = n.probe.get();  // a reload may replace n.probe meanwhile (retired_probes_)
+  const ProbeOutcome outcome = co_await probe->Run(deadline, timeout);
   n.busy = false;
-  if (stopping_) co_return;
+  if (stopping_ || probe != n.probe.get() || n.config.removed) {
+    if (!stopping_ && (probe != n.probe.get() || n.config.removed)) probe->Close();
+    if (round == round_ && --outstanding_ == 0 && !published_ && !stopping_) Publish();
+    co_return;
+  }
   const Clock::time_point now = Clock::now();
   LogTransition(i, outcome.ok ? n.state.OnSuccess(outcome.sample, now)
                               : n.state.OnFailure(outcome.error, now));
@@ -260,7 +339,7 @@ asio::awaitable<void> Monitor::Impl::ProbeNode(size_t i, uint64_t round,
 
 void Monitor::Impl::LogTransition(size_t i, const NodeTransition& t) const {
   if (!t.counted) return;
-  const NodeState& s = nodes_[i].state;
+  const NodeState& s = nodes_[i]->state;
   if (t.first_result) {
     if (t.new_state == NodeHealth::kUp) {
       PGRELAY_LOG(kInfo, "health",
@@ -306,7 +385,9 @@ void Monitor::Impl::LogTransition(size_t i, const NodeTransition& t) const {
 int Monitor::Impl::RecordedIndex() const {
   if (!record_) return -1;
   for (size_t i = 0; i < nodes_.size(); ++i) {
-    if (nodes_[i].config->name == record_->primary) return static_cast<int>(i);
+    if (!nodes_[i]->config.removed && nodes_[i]->config.name == record_->primary) {
+      return static_cast<int>(i);
+    }
   }
   return -1;
 }
@@ -317,15 +398,17 @@ bool Monitor::Impl::RecordPrimary(const Topology& t) {
   ClusterRecord next{record_ ? record_->epoch + 1 : 1, p.name, p.timeline};
   std::string error;
   if (!store_->Store(next, &error)) {
-    PGRELAY_LOG(kError, "failover", "cannot store the failover record (primary " << p.name
-                                        << ", epoch " << next.epoch << "): " << error
-                                        << "; no writes until it can be stored");
+    PGRELAY_LOG(kError, "failover",
+                "cannot store the failover record (primary "
+                    << p.name << ", epoch " << next.epoch << "): " << error
+                    << "; no writes until it can be stored");
     return false;
   }
   if (record_) {
-    PGRELAY_LOG(kWarning, "failover", "primary changed outside pgrelay: " << p.name
-                                          << " (timeline " << p.timeline << ") is the primary at epoch "
-                                          << next.epoch << " (was " << record_->primary << ")");
+    PGRELAY_LOG(kWarning, "failover",
+                "primary changed outside pgrelay: " << p.name << " (timeline " << p.timeline
+                                                    << ") is the primary at epoch " << next.epoch
+                                                    << " (was " << record_->primary << ")");
   }
   record_ = next;
   epoch_ = next.epoch;
@@ -452,54 +535,51 @@ void Monitor::Impl::MaybeFailover(const Topology& t) {
 
 asio::awaitable<void> Monitor::Impl::RunFailover(PromotionPlan plan,
                                                  std::shared_ptr<const Topology> t) {
+  const std::shared_ptr<const config::Config> config = config_;  // kept across a reload
   const Clock::time_point start = Clock::now();
   const NodeStatus failed = t->nodes[plan.failed];
   const NodeStatus candidate = t->nodes[plan.candidate];
-  PGRELAY_LOG(kWarning, "failover", "primary " << Label(plan.failed) << " failed ("
-                                               << failed.last_error << "); promoting "
-                                               << Label(plan.candidate) << ", received up to "
-                                               << FormatLsn(plan.candidate_lsn));
+  PGRELAY_LOG(kWarning, "failover",
+              "primary " << Label(plan.failed) << " failed (" << failed.last_error
+                         << "); promoting " << Label(plan.candidate) << ", received up to "
+                         << FormatLsn(plan.candidate_lsn));
   const asio::any_io_executor executor = io_.get_executor();
   const HookValues values = PromotionHookValues(failed, candidate, epoch_ + 1);
-  if (!config_->failover.before_promote.empty()) {
-    const bool ok = co_await RunFailoverHook("before_promote", config_->failover.before_promote,
-                                             values);
+  if (!config->failover.before_promote.empty()) {
+    const bool ok =
+        co_await RunFailoverHook("before_promote", config->failover.before_promote, values);
     if (stopping_) co_return;
     if (!ok) {
-      PGRELAY_LOG(kError, "failover", "before_promote failed: not promoting " << candidate.name
-                                                                             << "; retrying in 5 s");
+      PGRELAY_LOG(kError, "failover",
+                  "before_promote failed: not promoting " << candidate.name << "; retrying in 5 s");
       failover_running_ = false;
       next_failover_attempt_ = Clock::now() + std::chrono::seconds(5);
       co_return;
     }
   }
-  PromotionResult result = co_await Promote(executor, *config_, candidate, failover_cancel_);
+  PromotionResult result = co_await Promote(executor, *config, candidate, failover_cancel_);
   if (stopping_) co_return;
   if (!result.ok) {
-    PGRELAY_LOG(kError, "failover", "promoting " << Label(plan.candidate) << " failed: "
-                                                 << result.error << "; retrying in 5 s");
+    PGRELAY_LOG(kError, "failover",
+                "promoting " << Label(plan.candidate) << " failed: " << result.error
+                             << "; retrying in 5 s");
     failover_running_ = false;
     next_failover_attempt_ = Clock::now() + std::chrono::seconds(5);
     co_return;
   }
   last_failover_seconds_ = std::chrono::duration<double>(Clock::now() - start).count();
   co_await FinishPromotion(candidate, result.timeline, t, plan.failed);
-  PGRELAY_LOG(kWarning, "failover", "failover done in "
-                                        << Seconds(std::chrono::duration<double>(Clock::now() - start).count())
-                                        << " s; " << failed.name << " is fenced until rejoined as a replica");
-  if (!config_->failover.after_promote.empty() && !stopping_) {
-    co_await RunFailoverHook("after_promote", config_->failover.after_promote, values);
+  PGRELAY_LOG(
+      kWarning, "failover",
+      "failover done in " << Seconds(std::chrono::duration<double>(Clock::now() - start).count())
+                          << " s; " << failed.name << " is fenced until rejoined as a replica");
+  if (!config->failover.after_promote.empty() && !stopping_) {
+    co_await RunFailoverHook("after_promote", config->failover.after_promote, values);
   }
 }
 
 std::pair<bool, std::string> Monitor::Impl::Switchover(const std::string& target,
                                                        milliseconds timeout) {
-  if (!Recording()) {
-    return {false, "switchover needs failover.mode manual or auto (pgrelay keeps the epoch record)"};
-  }
-  if (config_->failover.before_promote.empty()) {
-    return {false, "switchover needs failover.hooks.before_promote to stop the current primary"};
-  }
   auto done = std::make_shared<std::promise<std::pair<bool, std::string>>>();
   std::future<std::pair<bool, std::string>> result = done->get_future();
   asio::post(io_, [this, target, done] {
@@ -514,10 +594,19 @@ std::pair<bool, std::string> Monitor::Impl::Switchover(const std::string& target
 
 asio::awaitable<void> Monitor::Impl::RunSwitchover(
     std::string target, std::shared_ptr<std::promise<std::pair<bool, std::string>>> done) {
+  const std::shared_ptr<const config::Config> config = config_;  // kept across a reload
   auto fail = [&](const std::string& why) {
     PGRELAY_LOG(kError, "failover", "switchover to " << target << " refused: " << why);
     done->set_value({false, why});
   };
+  if (!Recording()) {
+    fail("switchover needs failover.mode manual or auto (pgrelay keeps the epoch record)");
+    co_return;
+  }
+  if (config->failover.before_promote.empty()) {
+    fail("switchover needs failover.hooks.before_promote to stop the current primary");
+    co_return;
+  }
   if (failover_running_) {
     fail("a failover or switchover is already running");
     co_return;
@@ -529,7 +618,7 @@ asio::awaitable<void> Monitor::Impl::RunSwitchover(
   const int old = failover ? RecordedIndex() : t->primary;
   int to = -1;
   for (size_t i = 0; i < t->nodes.size(); ++i) {
-    if (t->nodes[i].name == target) to = static_cast<int>(i);
+    if (!t->nodes[i].removed && t->nodes[i].name == target) to = static_cast<int>(i);
   }
   if (to < 0) {
     fail("no node named " + target);
@@ -541,7 +630,7 @@ asio::awaitable<void> Monitor::Impl::RunSwitchover(
   }
   if (failover) {
     std::string why;
-    const std::optional<PromotionPlan> plan = PlanPromotion(*t, old, *config_, &why);
+    const std::optional<PromotionPlan> plan = PlanPromotion(*t, old, *config, &why);
     if (!plan) {
       fail(why.empty() ? "the primary " + t->nodes[old].name +
                              " is not down (failure_threshold failed probes) yet"
@@ -564,25 +653,27 @@ asio::awaitable<void> Monitor::Impl::RunSwitchover(
   failover_running_ = true;
   const Clock::time_point start = Clock::now();
   const asio::any_io_executor executor = io_.get_executor();
-  PGRELAY_LOG(kWarning, "failover", (failover ? "manual failover from " : "switchover from ")
-                                        << Label(old) << " to " << Label(to));
+  PGRELAY_LOG(kWarning, "failover",
+              (failover ? "manual failover from " : "switchover from ")
+                  << Label(old) << " to " << Label(to));
   // New statements are held by the caller; let the ones running on the primary finish.
   bool drained = true;
   if (!failover) drained = co_await DrainPrimary(from);
   if (!drained) {
-    PGRELAY_LOG(kWarning, "failover", "statements still active on " << from.name
-                                          << " after the drain period; stopping it anyway");
+    PGRELAY_LOG(kWarning, "failover",
+                "statements still active on " << from.name
+                                              << " after the drain period; stopping it anyway");
   }
   const HookValues values = PromotionHookValues(from, candidate, epoch_ + 1);
   const bool stopped =
-      co_await RunFailoverHook("before_promote", config_->failover.before_promote, values);
+      co_await RunFailoverHook("before_promote", config->failover.before_promote, values);
   if (!stopped) {
     failover_running_ = false;
     fail("before_promote failed, " + from.name + " stays the primary");
     co_return;
   }
   // A cleanly stopped primary has sent all its WAL to its streaming replicas; Promote replays it.
-  PromotionResult result = co_await Promote(executor, *config_, candidate, failover_cancel_);
+  PromotionResult result = co_await Promote(executor, *config, candidate, failover_cancel_);
   if (!result.ok) {
     failover_running_ = false;
     fail("promoting " + candidate.name + " failed: " + result.error +
@@ -591,25 +682,25 @@ asio::awaitable<void> Monitor::Impl::RunSwitchover(
   }
   co_await FinishPromotion(candidate, result.timeline, t, old);
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  const std::string message = (failover ? "failed over from " : "switched over from ") +
-                              from.name + " to " + candidate.name +
-                              " at epoch " + std::to_string(epoch_) + " in " + Seconds(seconds) +
-                              " s";
+  const std::string message = (failover ? "failed over from " : "switched over from ") + from.name +
+                              " to " + candidate.name + " at epoch " + std::to_string(epoch_) +
+                              " in " + Seconds(seconds) + " s";
   PGRELAY_LOG(kWarning, "failover", message);
   done->set_value({true, message});
-  if (!config_->failover.after_promote.empty() && !stopping_) {
-    co_await RunFailoverHook("after_promote", config_->failover.after_promote, values);
+  if (!config->failover.after_promote.empty() && !stopping_) {
+    co_await RunFailoverHook("after_promote", config->failover.after_promote, values);
   }
 }
 
 asio::awaitable<bool> Monitor::Impl::DrainPrimary(const NodeStatus& primary) {
+  const std::shared_ptr<const config::Config> config = config_;  // kept across a reload
   constexpr auto kDrain = std::chrono::seconds(5);
   const asio::any_io_executor executor = io_.get_executor();
   const Clock::time_point deadline = Clock::now() + kDrain;
-  const config::BackendCredentials creds = config_->MonitorCredentials();
-  const PgConnectParams params = NodeConnectParams(primary.host, primary.port, creds.user,
-                                                   creds.password, config_->health.database,
-                                                   "pgrelay-failover");
+  const config::BackendCredentials creds = config->MonitorCredentials();
+  const PgConnectParams params =
+      NodeConnectParams(primary.host, primary.port, creds.user, creds.password,
+                        config->health.database, "pgrelay-failover");
   PgConnection conn(executor);
   if (!co_await conn.Connect(params, deadline)) co_return false;
   asio::steady_timer timer(executor);
@@ -629,6 +720,7 @@ asio::awaitable<bool> Monitor::Impl::DrainPrimary(const NodeStatus& primary) {
 asio::awaitable<void> Monitor::Impl::FinishPromotion(const NodeStatus& candidate, uint32_t timeline,
                                                      const std::shared_ptr<const Topology>& t,
                                                      int old_primary) {
+  const std::shared_ptr<const config::Config> config = config_;  // kept across a reload
   const asio::any_io_executor executor = io_.get_executor();
   ClusterRecord next{epoch_ + 1, candidate.name, timeline};
   std::string error;
@@ -639,9 +731,9 @@ asio::awaitable<void> Monitor::Impl::FinishPromotion(const NodeStatus& candidate
   epoch_ = next.epoch;
   ++failovers_;
   failover_running_ = false;
-  PGRELAY_LOG(kWarning, "failover", "promoted " << candidate.name << " (" << candidate.host << ":"
-                                                << candidate.port << ") to primary at epoch "
-                                                << epoch_ << ", timeline " << timeline);
+  PGRELAY_LOG(kWarning, "failover",
+              "promoted " << candidate.name << " (" << candidate.host << ":" << candidate.port
+                          << ") to primary at epoch " << epoch_ << ", timeline " << timeline);
   StartRound(Clock::now());  // see the new primary now, not at the next round
   for (size_t i = 0; i < t->nodes.size(); ++i) {
     const NodeStatus& n = t->nodes[i];
@@ -649,7 +741,7 @@ asio::awaitable<void> Monitor::Impl::FinishPromotion(const NodeStatus& candidate
         n.role != NodeRole::kReplica) {
       continue;
     }
-    const std::string problem = co_await Repoint(executor, *config_, candidate, n, failover_cancel_);
+    const std::string problem = co_await Repoint(executor, *config, candidate, n, failover_cancel_);
     if (stopping_) co_return;
     if (problem.empty()) {
       PGRELAY_LOG(kInfo, "failover", "replica " << Label(i) << " streams from " << candidate.name);
@@ -670,13 +762,14 @@ asio::awaitable<bool> Monitor::Impl::RunFailoverHook(const char* which, const st
   if (r.ok) {
     PGRELAY_LOG(kInfo, "failover", which << " succeeded" << (output.empty() ? "" : ": ") << output);
   } else {
-    PGRELAY_LOG(kError, "failover",
-                which << (r.timed_out ? " timed out after " + std::to_string(
-                                                                  config_->failover.hook_timeout.count()) +
-                                            " ms (failover.hooks.timeout)"
-                        : !r.error.empty() ? " could not run: " + r.error
-                                           : " exited with status " + std::to_string(r.exit_status))
-                      << (output.empty() ? "" : ": ") << output);
+    PGRELAY_LOG(
+        kError, "failover",
+        which << (r.timed_out ? " timed out after " +
+                                    std::to_string(config_->failover.hook_timeout.count()) +
+                                    " ms (failover.hooks.timeout)"
+                  : !r.error.empty() ? " could not run: " + r.error
+                                     : " exited with status " + std::to_string(r.exit_status))
+              << (output.empty() ? "" : ": ") << output);
   }
   co_return r.ok;
 }
@@ -691,6 +784,11 @@ Monitor::~Monitor() { Stop(); }
 void Monitor::Start() { impl_->Start(); }
 
 void Monitor::Stop() { impl_->Stop(); }
+
+bool Monitor::Reconfigure(std::shared_ptr<const config::Config> config,
+                          std::chrono::milliseconds timeout) {
+  return impl_->Reconfigure(std::move(config), timeout);
+}
 
 std::pair<bool, std::string> Monitor::Switchover(const std::string& target,
                                                  std::chrono::milliseconds timeout) {

@@ -38,6 +38,11 @@ class Monitor {
   std::pair<bool, std::string> Switchover(const std::string& target,
                                           std::chrono::milliseconds timeout);
 
+  // Config reload: adopts `config` on the monitor's thread (node slots added or removed, health
+  // timings and thresholds, credentials, failover settings) and publishes a topology with the
+  // new node list. Blocks until applied or `timeout`; false on timeout.
+  bool Reconfigure(std::shared_ptr<const config::Config> config, std::chrono::milliseconds timeout);
+
   std::shared_ptr<const Topology> Snapshot() const {
     return snapshot_.load(std::memory_order_acquire);
   }

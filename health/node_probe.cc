@@ -22,6 +22,10 @@ NodeProbe::NodeProbe(boost::asio::any_io_executor executor, PgConnectParams para
 boost::asio::awaitable<ProbeOutcome> NodeProbe::Run(Clock::time_point deadline,
                                                     std::chrono::milliseconds timeout) {
   ProbeOutcome outcome;
+  if (reconnect_) {
+    reconnect_ = false;
+    conn_.Close();
+  }
   const bool reused = conn_.connected();
   if (!reused && !co_await conn_.Connect(params_, deadline)) {
     outcome.error = Describe(conn_.error(), "connecting", timeout);

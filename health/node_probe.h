@@ -30,9 +30,17 @@ class NodeProbe {
                                            std::chrono::milliseconds timeout);
   void Cancel() { conn_.Cancel(); }  // ends a running probe and every later one
   void Close() { conn_.Close(); }
+  // New connection parameters (a config reload changed the credentials): the next probe
+  // connects afresh with them.
+  void SetParams(PgConnectParams params) {
+    if (params == params_) return;
+    params_ = std::move(params);
+    reconnect_ = true;
+  }
 
  private:
   PgConnectParams params_;
+  bool reconnect_ = false;
   PgConnection conn_;
 };
 

@@ -52,6 +52,8 @@ class NodeState {
   // (they still update role, sample and counters). Unfenced, it is up only after
   // recovery_threshold consecutive successes.
   void SetFenced(bool fenced);
+  // A config reload changed health.failure_threshold / recovery_threshold.
+  void SetThresholds(HealthThresholds thresholds) { thresholds_ = thresholds; }
 
   NodeHealth health() const { return health_; }
   NodeRole role() const { return role_; }

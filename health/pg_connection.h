@@ -26,6 +26,8 @@ struct PgConnectParams {
   std::string password;  // empty: libpq's usual fallbacks (PGPASSWORD, ~/.pgpass)
   std::string dbname;
   std::string application_name = "pgrelay-health";
+
+  bool operator==(const PgConnectParams&) const = default;
 };
 
 struct PgResult {
@@ -36,8 +38,7 @@ struct PgResult {
 // The parameters of pgrelay's own connections to a node (health and LSN probes, failover).
 inline PgConnectParams NodeConnectParams(const std::string& host, uint16_t port,
                                          const std::string& user, const std::string& password,
-                                         const std::string& dbname,
-                                         const char* application_name) {
+                                         const std::string& dbname, const char* application_name) {
   PgConnectParams p;
   p.host = host;
   p.port = port;

@@ -45,7 +45,7 @@ bool Topology::IsUsableReplica(size_t i, uint64_t max_lag_bytes,
 
 const NodeStatus* Topology::Find(std::string_view name) const {
   for (const NodeStatus& n : nodes) {
-    if (n.name == name) return &n;
+    if (!n.removed && n.name == name) return &n;
   }
   return nullptr;
 }

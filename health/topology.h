@@ -30,6 +30,10 @@ struct NodeStatus {
   std::string name;
   std::string host;
   uint16_t port = 0;
+  int weight = 1;  // read load-balancing weight (config)
+  // A slot a config reload removed (config::NodeConfig::removed): down, never probed, never
+  // routed to, left out of /cluster and the node metrics.
+  bool removed = false;
   NodeHealth state = NodeHealth::kDown;
   // The role the last successful probe reported (kept while suspect/down); kUnknown until the
   // node has answered once.
@@ -84,7 +88,7 @@ struct Topology {
   // unknown fails a bound that is set.
   bool IsUsableReplica(size_t i, uint64_t max_lag_bytes,
                        std::chrono::milliseconds max_lag = std::chrono::milliseconds(0)) const;
-  const NodeStatus* Find(std::string_view name) const;  // nullptr if no such node
+  const NodeStatus* Find(std::string_view name) const;  // nullptr if no such node (or removed)
 };
 
 }  // namespace pgrelay::health

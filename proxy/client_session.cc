@@ -36,7 +36,7 @@ bool IsTrue(std::string_view v) {
 
 ClientSession::ClientSession(tcp::socket socket, ServerContext& context, WorkerContext& worker)
     : ctx_(context),
-      config_(*context.config),
+      config_(worker.config),
       worker_(worker),
       client_(std::move(socket)),
       client_buf_(&worker.pool),
@@ -46,7 +46,7 @@ ClientSession::ClientSession(tcp::socket socket, ServerContext& context, WorkerC
       client_write_free_(client_.get_executor()),
       self_(std::make_shared<ClientSession*>(this)),
       lsn_timer_(client_.get_executor()) {
-  backends_.resize(config_.nodes.size());
+  backends_.resize(config::kMaxNodes);  // one per node slot: never reallocated
   peer_ = PeerName(client_);
   error_code ignored;
   client_.set_option(tcp::no_delay(true), ignored);
@@ -124,7 +124,7 @@ awaitable<void> ClientSession::Run() {
 
 awaitable<bool> ClientSession::Startup() {
   Watchdog watchdog(client_.get_executor());
-  watchdog.Arm(config_.limits.startup_timeout, [this] { CloseAll(); });
+  watchdog.Arm(config_->limits.startup_timeout, [this] { CloseAll(); });
   bool ok = co_await StartupSteps();
   watchdog.Disarm();
   if (watchdog.fired()) {
@@ -206,7 +206,8 @@ awaitable<bool> ClientSession::StartupSteps() {
     } else if (name.starts_with("pgrelay.")) {
       own_settings.emplace_back(name, value);
     } else if (name == "options") {
-      for (auto& setting : ExtractPgrelayOptions(&value)) own_settings.push_back(std::move(setting));
+      for (auto& setting : ExtractPgrelayOptions(&value))
+        own_settings.push_back(std::move(setting));
       if (!value.empty()) forwarded_params_.emplace_back(name, value);
     } else {
       forwarded_params_.emplace_back(name, value);
@@ -215,9 +216,9 @@ awaitable<bool> ClientSession::StartupSteps() {
   for (const auto& [name, value] : own_settings) {
     const std::string error = SetPgrelaySetting(name, value);
     if (!error.empty()) {
-      co_await SendFatal(name == kMinLsnSetting ? sqlstate::kInvalidParameterValue
-                                                : sqlstate::kUndefinedObject,
-                         error);
+      co_await SendFatal(
+          name == kMinLsnSetting ? sqlstate::kInvalidParameterValue : sqlstate::kUndefinedObject,
+          error);
       co_return false;
     }
   }
@@ -227,11 +228,10 @@ awaitable<bool> ClientSession::StartupSteps() {
     co_return false;
   }
   if (database_.empty()) database_ = user_;
-  std::string_view application_name;
   for (const auto& [name, value] : forwarded_params_) {
-    if (name == "application_name") application_name = value;
+    if (name == "application_name") application_name_ = value;
   }
-  strategy_ = config_.StrategyFor(database_, user_, application_name);
+  strategy_ = config_->StrategyFor(database_, user_, application_name_);
   if (minor > 0 || !unknown_options.empty()) {
     // NegotiateProtocolVersion: we speak 3.0 and none of the requested protocol options.
     scratch_.clear();
@@ -244,10 +244,10 @@ awaitable<bool> ClientSession::StartupSteps() {
 
   counted_ = true;
   int now = ctx_.client_connections.fetch_add(1, std::memory_order_relaxed) + 1;
-  if (now > config_.limits.max_client_connections) {
+  if (now > config_->limits.max_client_connections) {
     PGRELAY_LOG(kWarning, "session",
                 "client " << peer_ << " refused: max_client_connections ("
-                          << config_.limits.max_client_connections << ") reached");
+                          << config_->limits.max_client_connections << ") reached");
     co_await SendFatal(sqlstate::kTooManyConnections, "sorry, too many clients already",
                        "Raise limits.max_client_connections or use fewer connections.");
     co_return false;
@@ -256,9 +256,10 @@ awaitable<bool> ClientSession::StartupSteps() {
 }
 
 awaitable<bool> ClientSession::Authenticate() {
-  auth_user_ = ctx_.auth->Find(user_);
+  auth_ = ctx_.auth.load(std::memory_order_acquire);
+  auth_user_ = auth_->Find(user_);
   bool ok = false;
-  switch (config_.auth) {
+  switch (config_->auth) {
     case config::AuthMethod::kTrust:
       ok = true;
       break;
@@ -376,16 +377,16 @@ BackendLoginParams ClientSession::LoginParamsFor(const health::NodeStatus& node)
   params.node_name = node.name;
   params.host = node.host;
   params.port = node.port;
-  if (config_.backend) {
-    params.user = config_.backend->user;
-    params.password = config_.backend->password;
+  if (config_->backend) {
+    params.user = config_->backend->user;
+    params.password = config_->backend->password;
   } else {
     params.user = user_;
     params.password = auth_user_ ? auth_user_->password : std::string();
   }
   params.database = database_;
   params.options = forwarded_params_;
-  params.timeout = config_.limits.connect_timeout;
+  params.timeout = config_->limits.connect_timeout;
   return params;
 }
 
@@ -406,7 +407,8 @@ awaitable<bool> ClientSession::ConnectFirstBackend() {
     const std::string message = NoPrimaryMessage(*topology);
     const std::string hint =
         "Check that the PostgreSQL nodes are running and accept pgrelay's credentials; pgrelay "
-        "probes them every " + std::to_string(config_.health.interval.count()) + " ms.";
+        "probes them every " +
+        std::to_string(config_->health.interval.count()) + " ms.";
     co_await SendFatal(sqlstate::kCannotConnectNow, message, hint);
     co_return false;
   }
@@ -423,8 +425,9 @@ awaitable<bool> ClientSession::ConnectFirstBackend() {
       break;
     }
     worker_.metrics->Inc(ctx_.metrics->backend_connect_failures.At(static_cast<size_t>(candidate)));
-    PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": backend login to " << node->name
-                                               << " failed: " << b->conn->error_message());
+    PGRELAY_LOG(kWarning, "session",
+                "client " << peer_ << ": backend login to " << node->name
+                          << " failed: " << b->conn->error_message());
     const bool last = candidate == candidates.back();
     if (!b->conn->server_error().empty()) {
       // The server refused the client (credentials, database): that is the client's answer.
@@ -444,20 +447,21 @@ awaitable<bool> ClientSession::ConnectFirstBackend() {
     }
   }
   if (b->node != topology->primary) {
-    PGRELAY_LOG(kInfo, "session", "client " << peer_ << ": no primary reachable; the session "
-                                            << "starts on " << node->name
-                                            << " (reads only until one is back)");
+    PGRELAY_LOG(kInfo, "session",
+                "client " << peer_ << ": no primary reachable; the session "
+                          << "starts on " << node->name << " (reads only until one is back)");
   }
   ctx_.catalog->NoteDatabase(database_);  // only databases the primary let us into
   std::tie(pid_, key_) = ctx_.cancels->Register();
-  ctx_.cancels->Update(pid_, CancelTarget{b->conn->host(), b->conn->port(), b->conn->pid(),
-                                          b->conn->key()});
+  ctx_.cancels->Update(
+      pid_, CancelTarget{b->conn->host(), b->conn->port(), b->conn->pid(), b->conn->key()});
   scratch_ = b->conn->startup_messages();
   protocol::AppendBackendKeyData(&scratch_, pid_, key_);
   protocol::AppendReadyForQuery(&scratch_, 'I');
   client_stream_.ConsumeLast();
-  PGRELAY_LOG(kDebug, "session", "client " << peer_ << " user=" << user_ << " database="
-                                           << database_ << " connected to " << node->name);
+  PGRELAY_LOG(kDebug, "session",
+              "client " << peer_ << " user=" << user_ << " database=" << database_
+                        << " connected to " << node->name);
   current_ = b.get();
   backends_[b->node] = std::move(b);
   if (co_await client_stream_.Write(scratch_)) co_return false;
@@ -473,7 +477,7 @@ awaitable<void> ClientSession::HandleCancel(int32_t pid, int32_t key) {
   }
   tcp::socket s(client_.get_executor());
   Watchdog watchdog(client_.get_executor());
-  watchdog.Arm(config_.limits.connect_timeout, [&s] {
+  watchdog.Arm(config_->limits.connect_timeout, [&s] {
     error_code ignored;
     s.close(ignored);
   });

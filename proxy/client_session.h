@@ -64,7 +64,7 @@ class ClientSession {
     std::unordered_map<std::string, uint64_t> prepared;  // statement name -> definition id
     bool alive = true;
     bool reader_running = false;
-    std::string rewritten;  // a FATAL relayed as ERROR (see RewriteFatal)
+    std::string rewritten;          // a FATAL relayed as ERROR (see RewriteFatal)
     const char* dropped = nullptr;  // why pgrelay closed it (DropNode), for the log and client
     bool counted = false;           // in pgrelay_backend_connections
   };
@@ -97,8 +97,8 @@ class ClientSession {
       stale.clear();
       effects.clear();
       unnamed_effect.reset();
-      has_statement = has_execute = has_parse_unnamed = uses_unnamed_without_parse =
-          group_pushed = failed = false;
+      has_statement = has_execute = has_parse_unnamed = uses_unnamed_without_parse = group_pushed =
+          failed = false;
       sticky = nullptr;
     }
   };
@@ -169,14 +169,13 @@ class ClientSession {
 
   // Consistency strategies: read-your-writes and quorum (session_consistency.cc).
   bool Consistent() const {
-    return strategy_ == config::Strategy::kReadYourWrites ||
-           strategy_ == config::Strategy::kQuorum;
+    return strategy_ == config::Strategy::kReadYourWrites || strategy_ == config::Strategy::kQuorum;
   }
   // Routes a read that may go to a replica under read-your-writes / quorum: only to a replica
   // that has replayed what the read must see, waiting up to max_wait for one, else the primary.
-  awaitable<routing::RouteResult> RouteConsistent(const routing::UnitTraits& traits,
-                                                  const routing::SessionRouting& session,
-                                                  std::shared_ptr<const health::Topology>* topology);
+  awaitable<routing::RouteResult> RouteConsistent(
+      const routing::UnitTraits& traits, const routing::SessionRouting& session,
+      std::shared_ptr<const health::Topology>* topology);
   // Quorum's read index: the primary's WAL LSN read after `arrived`; 0 if it cannot be had.
   awaitable<uint64_t> ReadIndex(std::chrono::steady_clock::time_point arrived);
   // Quorum without a read index (the primary is unreachable): under quorum commit, the most
@@ -203,9 +202,18 @@ class ClientSession {
   // Answers a locally handled statement: `messages` then ReadyForQuery, in order with the
   // replies still owed by backends.
   awaitable<void> RespondLocal(std::string_view messages);
+  // Inside a transaction on a live backend (while replies are outstanding, the predicted state
+  // counts: the client may pipeline BEGIN and more): everything stays on current_.
+  bool InTransaction() const;
+  // Between transactions: takes the worker's newer config (after a reload), with the strategy
+  // it gives this session.
+  void AdoptConfig();
 
   ServerContext& ctx_;
-  const config::Config& config_;
+  // The config this session runs with: the worker's newest at start, adopted again at each
+  // transaction boundary (AdoptConfig) after a reload.
+  std::shared_ptr<const config::Config> config_;
+  std::shared_ptr<const AuthDirectory> auth_;  // the users as of the session's login
   WorkerContext& worker_;
   tcp::socket client_;
   IoBuffer client_buf_;
@@ -214,21 +222,22 @@ class ClientSession {
   std::string user_;
   std::string database_;
   std::vector<std::pair<std::string, std::string>> forwarded_params_;
-  const AuthDirectory::User* auth_user_ = nullptr;
+  const AuthDirectory::User* auth_user_ = nullptr;  // in *auth_
+  std::string application_name_;                    // at connect time (routing.overrides)
   bool counted_ = false;
-  bool started_ = false;           // start-up done: the relay runs
+  bool started_ = false;  // start-up done: the relay runs
   bool rejected_counted_ = false;
   int32_t pid_ = 0;
   int32_t key_ = 0;
 
-  std::vector<std::unique_ptr<Backend>> backends_;  // indexed by node
+  std::vector<std::unique_ptr<Backend>> backends_;  // indexed by node slot (config::kMaxNodes)
   Backend* current_ = nullptr;       // where the last unit went; the transaction's backend
   Backend* unnamed_home_ = nullptr;  // where the unnamed prepared statement was parsed
   SessionState state_;
   Batch batch_;
   std::vector<std::string> unit_statements_;
   std::vector<std::string> unit_stale_;
-  std::string outbox_;  // bytes for current_, written by Flush()
+  std::string outbox_;                                     // bytes for current_, written by Flush()
   config::Strategy strategy_ = config::Strategy::kLeader;  // routing.strategy or an override
   char tx_status_ = 'I';
   bool tx_predicted_ = false;  // in a transaction once the sent units have run
@@ -245,11 +254,11 @@ class ClientSession {
   std::string scratch_;
 
   // Consistency state (session_consistency.cc).
-  uint64_t causal_lsn_ = 0;           // covers the session's acknowledged writes
-  uint64_t min_lsn_ = 0;              // pgrelay.min_lsn: a causal token from another session
-  uint32_t writes_in_flight_ = 0;     // write units sent whose ReadyForQuery has not come back
-  bool wrote_ = false;                // a write ran since the session was last idle
-  bool commit_unresolved_ = false;    // a write committed; no LSN probe after it returned yet
+  uint64_t causal_lsn_ = 0;         // covers the session's acknowledged writes
+  uint64_t min_lsn_ = 0;            // pgrelay.min_lsn: a causal token from another session
+  uint32_t writes_in_flight_ = 0;   // write units sent whose ReadyForQuery has not come back
+  bool wrote_ = false;              // a write ran since the session was last idle
+  bool commit_unresolved_ = false;  // a write committed; no LSN probe after it returned yet
   bool commit_probe_outstanding_ = false;
   std::chrono::steady_clock::time_point commit_time_{};
   std::shared_ptr<ClientSession*> self_;  // callbacks from other threads hold a weak_ptr

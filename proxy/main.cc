@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <string>
 
 #include "config/config_loader.h"
@@ -12,6 +13,7 @@
 #include "health/monitor.h"
 #include "proxy/admin/admin_server.h"
 #include "proxy/admin/proxy_metrics.h"
+#include "proxy/reload_controller.h"
 #include "proxy/server.h"
 
 #ifndef PGRELAY_VERSION
@@ -53,11 +55,18 @@ pgrelay::admin::ActionResult SwitchoverAction(pgrelay::health::Monitor* monitor,
   return {ok ? 200 : 409, message + "\n"};
 }
 
-// POST /pause[?timeout=SECONDS], /resume and /switchover?to=NODE; /reload is not built yet.
+// POST /pause[?timeout=SECONDS], /resume, /switchover?to=NODE and /reload.
 pgrelay::admin::ActionResult AdminAction(pgrelay::health::Monitor* monitor,
-                                         pgrelay::proxy::PauseGate* pause, std::string_view action,
-                                         std::string_view query) {
+                                         pgrelay::proxy::PauseGate* pause,
+                                         pgrelay::proxy::ReloadController* reload,
+                                         std::string_view action, std::string_view query) {
   if (action == "switchover") return SwitchoverAction(monitor, pause, query);
+  if (action == "reload") {
+    if (reload == nullptr) return {503, "pgrelay is starting or stopping; try again\n"};
+    const auto outcome = reload->Reload();
+    // 422: the request was fine, the file is not (the running config stays).
+    return {outcome.ok ? 200 : 422, outcome.report};
+  }
   constexpr int kDefaultPauseSeconds = 30;
   constexpr int kMaxPauseSeconds = 3600;
   if (action == "pause") {
@@ -74,8 +83,9 @@ pgrelay::admin::ActionResult AdminAction(pgrelay::health::Monitor* monitor,
       }
     }
     pause->Pause(std::chrono::seconds(seconds));
-    PGRELAY_LOG(kWarning, "admin", "paused: new statements wait at transaction boundaries for up to "
-                                       << seconds << " s (POST /resume ends it)");
+    PGRELAY_LOG(kWarning, "admin",
+                "paused: new statements wait at transaction boundaries for up to "
+                    << seconds << " s (POST /resume ends it)");
     return {200, "paused for up to " + std::to_string(seconds) + " s\n"};
   }
   if (action == "resume") {
@@ -146,10 +156,15 @@ int main(int argc, char** argv) {
   admin_sources.client_connections = [&metrics] { return metrics.ClientConnections(); };
   admin_sources.backend_connections = [&metrics] { return metrics.BackendConnections(); };
   pgrelay::proxy::PauseGate pause;
-  admin_sources.on_action = [&pause, &monitor](std::string_view action, std::string_view query) {
-    return AdminAction(&monitor, &pause, action, query);
+  std::unique_ptr<pgrelay::proxy::ReloadController> reload;
+  admin_sources.on_action = [&pause, &monitor, &reload](std::string_view action,
+                                                        std::string_view query) {
+    return AdminAction(&monitor, &pause, reload.get(), action, query);
   };
   pgrelay::admin::AdminServer admin(admin_options, admin_sources);
+  reload = std::make_unique<pgrelay::proxy::ReloadController>(
+      config_path, result.config,
+      pgrelay::proxy::ReloadController::Parts{&monitor, &catalog, &lsn, &metrics, &admin});
   try {
     admin.Start();
   } catch (const std::exception& e) {
@@ -160,8 +175,12 @@ int main(int argc, char** argv) {
   }
   int rc = 0;
   {
-    pgrelay::proxy::Server server(result.config, &monitor, &catalog, &lsn, &metrics, &pause);
+    const auto config_now = reload->Current();
+    pgrelay::proxy::Server server(config_now, &monitor, &catalog, &lsn, &metrics, &pause);
+    server.OnSighup([&reload] { reload->Reload(); });
+    reload->SetServer(&server, config_now);
     rc = server.Run();
+    reload->SetServer(nullptr);
   }
   admin.Stop();
   lsn.Stop();

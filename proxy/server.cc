@@ -2,6 +2,8 @@
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <functional>
+#include <mutex>
 #include <thread>
 #include <unordered_set>
 #include <vector>
@@ -24,7 +26,7 @@ constexpr auto kShutdownGrace = std::chrono::seconds(5);
 // One thread running one io_context; every session on it stays on it. `sessions` and
 // `shutting_down` are touched only on this worker's thread.
 struct Worker {
-  explicit Worker(const config::Config& config) : context(config) {}
+  explicit Worker(std::shared_ptr<const config::Config> config) : context(std::move(config)) {}
   WorkerContext context;  // declared first: sessions return buffers to it while io is destroyed
   asio::io_context io{1};
   asio::executor_work_guard<asio::io_context::executor_type> guard{io.get_executor()};
@@ -55,8 +57,9 @@ struct Worker {
 awaitable<void> WatchTopology(ServerContext* context, Worker* worker) {
   uint64_t seen = 0;
   std::vector<health::NodeHealth> last;
-  const auto period = std::max(std::chrono::milliseconds(50), context->config->health.interval / 4);
   while (!worker->shutting_down) {
+    const auto period =
+        std::max(std::chrono::milliseconds(50), worker->context.config->health.interval / 4);
     worker->watch.expires_after(period);
     co_await worker->watch.async_wait(kNoThrow);
     if (worker->shutting_down) break;
@@ -71,7 +74,8 @@ awaitable<void> WatchTopology(ServerContext* context, Worker* worker) {
           last[i] == health::NodeHealth::kDown || last[i] == health::NodeHealth::kFenced;
       last[i] = state;
       if (!lost || was_lost) continue;
-      const char* why = state == health::NodeHealth::kDown
+      const char* why = topology->nodes[i].removed ? "was removed from the configuration"
+                        : state == health::NodeHealth::kDown
                             ? "was declared down by the health checks"
                             : "is fenced (it is not the primary of the current epoch)";
       for (ClientSession* s : worker->sessions) s->DropNode(static_cast<int>(i), why);
@@ -103,21 +107,27 @@ awaitable<void> RunSession(tcp::socket socket, ServerContext* context, Worker* w
 struct Server::Impl {
   std::shared_ptr<const config::Config> config;
   health::Monitor* monitor;
-  AuthDirectory auth;
   CancelRegistry cancels;
   ServerContext context;
   asio::io_context main_io{1};
   std::vector<std::unique_ptr<Worker>> workers;
+  std::function<void()> on_sighup;
+  std::mutex workers_mu;  // guards `running` against Reconfigure from another thread
+  bool running = false;   // workers exist and run their io_context
+
+  void Stopped() {
+    std::lock_guard lock(workers_mu);
+    running = false;
+  }
 
   Impl(std::shared_ptr<const config::Config> c, health::Monitor* m, health::CatalogRefresher* f,
        health::LsnTracker* lsn, admin::ProxyMetrics* pm)
-      : config(std::move(c)), monitor(m), auth(*config) {
+      : config(std::move(c)), monitor(m) {
     context.metrics = pm;
     context.lsn = lsn;
-    context.config = config;
     context.monitor = monitor;
     context.catalog = f;
-    context.auth = &auth;
+    context.auth.store(std::make_shared<const AuthDirectory>(*config));
     context.cancels = &cancels;
   }
 
@@ -156,29 +166,52 @@ int Server::WorkerCount(const config::Config& config) {
 
 Server::~Server() = default;
 
+void Server::OnSighup(std::function<void()> handler) { impl_->on_sighup = std::move(handler); }
+
+void Server::Reconfigure(std::shared_ptr<const config::Config> config, bool users_changed) {
+  Impl& s = *impl_;
+  if (users_changed) s.context.auth.store(std::make_shared<const AuthDirectory>(*config));
+  std::lock_guard lock(s.workers_mu);
+  s.config = config;
+  if (!s.running) return;
+  for (auto& w : s.workers) {
+    asio::post(w->io, [&worker = *w, config] { worker.context.Reconfigure(config); });
+  }
+}
+
 int Server::Run() {
   Impl& s = *impl_;
-  const int n = WorkerCount(*s.config);
-  for (int i = 0; i < n; ++i) {
-    s.workers.push_back(std::make_unique<Worker>(*s.config));
-    s.workers.back()->context.metrics = &s.context.metrics->WorkerShard(i);
+  std::shared_ptr<const config::Config> config;  // listen and workers never change on reload
+  int n = 0;
+  {
+    // From here a reload reaches the workers (posted; they run it once their thread starts).
+    std::lock_guard lock(s.workers_mu);
+    config = s.config;
+    n = WorkerCount(*config);
+    for (int i = 0; i < n; ++i) {
+      s.workers.push_back(std::make_unique<Worker>(config));
+      s.workers.back()->context.metrics = &s.context.metrics->WorkerShard(i);
+    }
+    s.running = true;
   }
 
   tcp::acceptor acceptor(s.main_io);
   error_code ec;
-  auto address = asio::ip::make_address(s.config->listen.host, ec);
+  auto address = asio::ip::make_address(config->listen.host, ec);
   if (ec) {
-    PGRELAY_LOG(kError, "listener", "invalid listen address " << s.config->listen.ToString());
+    PGRELAY_LOG(kError, "listener", "invalid listen address " << config->listen.ToString());
+    s.Stopped();
     return 1;
   }
-  tcp::endpoint endpoint(address, s.config->listen.port);
+  tcp::endpoint endpoint(address, config->listen.port);
   acceptor.open(endpoint.protocol(), ec);
   if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
   if (!ec) acceptor.bind(endpoint, ec);
   if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
   if (ec) {
     PGRELAY_LOG(kError, "listener",
-                "cannot listen on " << s.config->listen.ToString() << ": " << ec.message());
+                "cannot listen on " << config->listen.ToString() << ": " << ec.message());
+    s.Stopped();
     return 1;
   }
 
@@ -187,16 +220,30 @@ int Server::Run() {
     w->thread = std::thread([&io = w->io] { io.run(); });
   }
 
+  // SIGHUP: reload, again and again; SIGINT / SIGTERM: stop (ending the SIGHUP wait too, so
+  // main_io runs out of work).
+  asio::signal_set hangup(s.main_io, SIGHUP);
+  std::function<void(error_code, int)> on_hangup = [&](error_code ec, int) {
+    if (ec) return;
+    if (s.on_sighup) {
+      PGRELAY_LOG(kInfo, "server", "received SIGHUP, reloading the configuration");
+      s.on_sighup();
+    }
+    hangup.async_wait(on_hangup);
+  };
+  hangup.async_wait(on_hangup);
   asio::signal_set signals(s.main_io, SIGINT, SIGTERM);
   signals.async_wait([&](error_code, int signo) {
     PGRELAY_LOG(kInfo, "server", "received signal " << signo << ", shutting down");
     error_code ignored;
     acceptor.close(ignored);
+    hangup.cancel(ignored);
   });
   asio::co_spawn(s.main_io, s.Accept(acceptor), asio::detached);
   PGRELAY_LOG(kInfo, "server",
-              "listening on " << s.config->listen.ToString() << " with " << n << " workers");
+              "listening on " << config->listen.ToString() << " with " << n << " workers");
   s.main_io.run();
+  s.Stopped();
 
   for (auto& w : s.workers) asio::post(w->io, [&w = *w] { w.BeginShutdown(); });
   for (auto& w : s.workers) w->thread.join();

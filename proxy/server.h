@@ -2,6 +2,7 @@
 // connections to workers round-robin, and shutdown on SIGINT/SIGTERM. Run() from main only.
 #pragma once
 
+#include <functional>
 #include <memory>
 
 #include "config/config.h"
@@ -23,6 +24,12 @@ class Server {
   ~Server();
   // Listens and serves until SIGINT or SIGTERM. Returns the process exit code.
   int Run();
+  // Called on the listener's thread when SIGHUP arrives (set before Run()).
+  void OnSighup(std::function<void()> handler);
+  // Config reload (any thread): new logins use the new users (if `users_changed`); each worker
+  // takes `config` for its router and classifier at once and its sessions at their next
+  // transaction boundary.
+  void Reconfigure(std::shared_ptr<const config::Config> config, bool users_changed);
 
  private:
   struct Impl;

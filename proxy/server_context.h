@@ -1,4 +1,5 @@
-// What every session needs from the process: config, topology, users, cancel keys, counters.
+// What every session needs from the process: topology, users, cancel keys, counters (the
+// config comes from the worker: WorkerContext::config).
 // Shared by all workers: the pointers are set once at start-up; the counters are atomics
 // touched once per connection, never per message.
 #pragma once
@@ -18,13 +19,14 @@
 namespace pgrelay::proxy {
 
 struct ServerContext {
-  std::shared_ptr<const config::Config> config;
   const health::Monitor* monitor = nullptr;
   health::CatalogRefresher* catalog = nullptr;  // function volatility for the classifiers
-  health::LsnTracker* lsn = nullptr;  // fresh WAL positions for read-your-writes / quorum
-  const PauseGate* pause = nullptr;   // admin PAUSE / RESUME
+  health::LsnTracker* lsn = nullptr;            // fresh WAL positions for read-your-writes / quorum
+  const PauseGate* pause = nullptr;             // admin PAUSE / RESUME
   admin::ProxyMetrics* metrics = nullptr;
-  const AuthDirectory* auth = nullptr;
+  // Replaced by a config reload that changes the users; a session keeps the one it logged in
+  // with. Loaded once per login.
+  std::atomic<std::shared_ptr<const AuthDirectory>> auth;
   CancelRegistry* cancels = nullptr;
   std::atomic<int> client_connections{0};
 };

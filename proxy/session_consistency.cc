@@ -46,7 +46,7 @@ awaitable<routing::RouteResult> ClientSession::RouteConsistent(
   const bool quorum = strategy_ == config::Strategy::kQuorum;
   const Clock::time_point arrived = Clock::now();
   const Clock::time_point deadline =
-      arrived + (quorum ? config_.routing.quorum_max_wait : config_.routing.ryw_max_wait);
+      arrived + (quorum ? config_->routing.quorum_max_wait : config_->routing.ryw_max_wait);
   uint64_t need = min_lsn_;
   bool known = true;  // `need` is complete
   if (quorum) {
@@ -71,9 +71,8 @@ awaitable<routing::RouteResult> ClientSession::RouteConsistent(
         const auto strategy = MetricStrategy(strategy_);
         if (waited) {
           worker_.metrics->Inc(ctx_.metrics->consistency_waits.At(strategy));
-          worker_.metrics->Observe(
-              ctx_.metrics->consistency_wait_duration.At(strategy),
-              std::chrono::duration<double>(Clock::now() - arrived).count());
+          worker_.metrics->Observe(ctx_.metrics->consistency_wait_duration.At(strategy),
+                                   std::chrono::duration<double>(Clock::now() - arrived).count());
         }
         if (r.fell_back && r.behind) {
           worker_.metrics->Inc(ctx_.metrics->consistency_fallbacks.At(strategy));
@@ -137,16 +136,18 @@ awaitable<routing::RouteResult> ClientSession::QuorumWithoutPrimary(
     *done = true;
     if (auto s = token.lock()) (*s)->WakeLsn();
   });
-  const Clock::time_point limit = Clock::now() + config_.health.timeout + std::chrono::seconds(1);
+  const Clock::time_point limit = Clock::now() + config_->health.timeout + std::chrono::seconds(1);
   while (!*done && !ending_ && Clock::now() < limit) co_await WaitLsn(limit);
   *topology = ctx_.monitor->Snapshot();
   int answered = 0;
   routing::RouteResult r;
   uint64_t best = 0;
-  for (size_t i = 0; i < config_.nodes.size(); ++i) {
+  for (size_t i = 0; i < (*topology)->nodes.size(); ++i) {
+    const health::NodeStatus& node = (*topology)->nodes[i];
+    if (node.removed) continue;
     const bool named = std::any_of(sync->names.begin(), sync->names.end(), [&](const auto& name) {
-      const std::string& known = (*topology)->nodes[i].standby_name;
-      return health::StandbyNameMatches(known.empty() ? config_.nodes[i].name : known, name);
+      return health::StandbyNameMatches(node.standby_name.empty() ? node.name : node.standby_name,
+                                        name);
     });
     if (!named || ctx_.lsn->ReplayAnsweredSince(i) < arrived) continue;
     ++answered;
@@ -157,9 +158,10 @@ awaitable<routing::RouteResult> ClientSession::QuorumWithoutPrimary(
     }
   }
   if (answered >= sync->ReadQuorum()) {
-    PGRELAY_LOG(kDebug, "session", "client " << peer_ << ": quorum read without the primary on "
-                                             << config_.nodes[r.node].name << " ("
-                                             << answered << " standbys answered)");
+    PGRELAY_LOG(kDebug, "session",
+                "client " << peer_ << ": quorum read without the primary on "
+                          << (*topology)->nodes[r.node].name << " (" << answered
+                          << " standbys answered)");
     co_return r;
   }
   r.node = -1;
@@ -179,7 +181,7 @@ awaitable<uint64_t> ClientSession::ReadIndex(Clock::time_point arrived) {
     if (auto s = token.lock()) (*s)->WakeLsn();
   });
   // The tracker answers within health.timeout; the margin covers its queueing.
-  const Clock::time_point limit = Clock::now() + config_.health.timeout + std::chrono::seconds(1);
+  const Clock::time_point limit = Clock::now() + config_->health.timeout + std::chrono::seconds(1);
   while (!result->has_value() && !ending_ && Clock::now() < limit) co_await WaitLsn(limit);
   co_return result->value_or(0);
 }
@@ -246,8 +248,8 @@ std::string ClientSession::SetPgrelaySetting(std::string_view name, std::string_
     }
     const std::optional<uint64_t> lsn = health::ParseLsn(value);
     if (!lsn) {
-      return "invalid value for parameter \"" + std::string(name) + "\": \"" +
-             std::string(value) + "\"";
+      return "invalid value for parameter \"" + std::string(name) + "\": \"" + std::string(value) +
+             "\"";
     }
     min_lsn_ = *lsn;
     return {};
@@ -260,8 +262,8 @@ awaitable<bool> ClientSession::HandlePgrelayCommand(std::string_view sql,
   const PgrelayCommand cmd = ParsePgrelayCommand(sql, c);
   using Kind = PgrelayCommand::Kind;
   if (cmd.kind == Kind::kNone) co_return false;
-  const bool known = cmd.name == kMinLsnSetting || cmd.name == kCausalLsnSetting ||
-                     cmd.name == kStrategySetting;
+  const bool known =
+      cmd.name == kMinLsnSetting || cmd.name == kCausalLsnSetting || cmd.name == kStrategySetting;
   std::string messages;
   if (!known) {
     const std::string message = "unrecognized configuration parameter \"" + cmd.name + "\"";
@@ -277,7 +279,7 @@ awaitable<bool> ClientSession::HandlePgrelayCommand(std::string_view sql,
     } else {
       // The causal LSN of a commit whose probe is still out: wait for it (bounded).
       const Clock::time_point limit =
-          Clock::now() + config_.health.timeout + std::chrono::seconds(1);
+          Clock::now() + config_->health.timeout + std::chrono::seconds(1);
       ResolveCommit();
       while (commit_unresolved_ && !ending_ && Clock::now() < limit) {
         if (!commit_probe_outstanding_) RequestCommitLsn();
@@ -287,8 +289,16 @@ awaitable<bool> ClientSession::HandlePgrelayCommand(std::string_view sql,
       value = LsnText(causal_lsn_);
     }
     protocol::MessageWriter w(&messages);
-    w.Begin('T').Int16(1).CString(cmd.name).Int32(0).Int16(0).Int32(25 /* text */).Int16(-1)
-        .Int32(-1).Int16(0).End();
+    w.Begin('T')
+        .Int16(1)
+        .CString(cmd.name)
+        .Int32(0)
+        .Int16(0)
+        .Int32(25 /* text */)
+        .Int16(-1)
+        .Int32(-1)
+        .Int16(0)
+        .End();
     w.Begin('D').Int16(1).Int32(static_cast<int32_t>(value.size())).Bytes(value).End();
     w.Begin('C').CString("SHOW").End();
   } else if (cmd.name != kMinLsnSetting) {
@@ -302,7 +312,9 @@ awaitable<bool> ClientSession::HandlePgrelayCommand(std::string_view sql,
     const std::string error =
         SetPgrelaySetting(cmd.name, cmd.kind == Kind::kSet ? cmd.value : std::string());
     if (error.empty()) {
-      protocol::MessageWriter(&messages).Begin('C').CString(cmd.kind == Kind::kSet ? "SET" : "RESET")
+      protocol::MessageWriter(&messages)
+          .Begin('C')
+          .CString(cmd.kind == Kind::kSet ? "SET" : "RESET")
           .End();
     } else {
       protocol::AppendError(&messages, "ERROR", sqlstate::kInvalidParameterValue, error,

@@ -2,7 +2,6 @@
 // in order. See client_session.h for the model; docs/routing.md for the guarantees.
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/write.hpp>
-
 #include <exception>
 #include <variant>
 
@@ -74,12 +73,12 @@ awaitable<void> ClientSession::Relay() {
 }
 
 awaitable<bool> ClientSession::ClientPump() {
-  FrameScanner scanner(config_.limits.max_message_size);
+  FrameScanner scanner(config_->limits.max_message_size);
   for (int t = 0; t < 256; ++t) {
     if (t != 'd') scanner.Inspect(static_cast<char>(t));  // CopyData streams through
   }
   asio::steady_timer idle_timer(client_.get_executor());
-  const auto idle_limit = config_.limits.client_idle_timeout;
+  const auto idle_limit = config_->limits.client_idle_timeout;
   for (;;) {
     size_t needed = 0;
     for (;;) {
@@ -104,9 +103,10 @@ awaitable<bool> ClientSession::ClientPump() {
         PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": invalid message length");
         co_await SendFatal(sqlstate::kProtocolViolation, "invalid message length");
       } else {
-        PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": message exceeds max_message_size");
+        PGRELAY_LOG(kWarning, "session",
+                    "client " << peer_ << ": message exceeds max_message_size");
         const std::string message = "message exceeds the maximum size of " +
-                                    std::to_string(config_.limits.max_message_size) + " bytes";
+                                    std::to_string(config_->limits.max_message_size) + " bytes";
         co_await SendFatal(sqlstate::kProgramLimitExceeded, message,
                            "Send a smaller message or raise limits.max_message_size.");
       }
@@ -119,8 +119,8 @@ awaitable<bool> ClientSession::ClientPump() {
     if (idle_limit.count() > 0) {
       using namespace asio::experimental::awaitable_operators;
       idle_timer.expires_after(idle_limit);
-      auto r = co_await (client_.async_read_some(buffer, kNoThrow) ||
-                         idle_timer.async_wait(kNoThrow));
+      auto r =
+          co_await (client_.async_read_some(buffer, kNoThrow) || idle_timer.async_wait(kNoThrow));
       if (r.index() == 1) {
         if (tx_status_ == 'I' && !ending_) {
           co_await SendFatal(sqlstate::kIdleSessionTimeout,
@@ -149,6 +149,7 @@ awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) 
       if (!batch_.empty()) co_await SendBatch(/*final=*/false, /*forced=*/true);
       std::string_view sql = r.CString();
       routing::Classification c = Classify(sql);
+      if (config_ != worker_.config && !InTransaction()) AdoptConfig();  // SHOW pgrelay.* sees it
       if (co_await HandlePgrelayCommand(sql, c)) co_return !ending_;
       routing::UnitTraits traits = TraitsOf(c);
       unit_statements_.clear();
@@ -298,8 +299,10 @@ awaitable<void> ClientSession::SendBatch(bool final, bool forced) {
       b = co_await Choose(batch_.traits, /*respond_ready=*/final);
     }
     if (b == nullptr) {
-      if (!final) batch_.failed = true;
-      else batch_.Clear();
+      if (!final)
+        batch_.failed = true;
+      else
+        batch_.Clear();
       co_return;
     }
     if (!co_await SwitchTo(b)) co_return;
@@ -334,10 +337,9 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
                                                          bool respond_ready) {
   // Inside a transaction everything stays on the transaction's backend. While replies are
   // outstanding the predicted state counts (the client may pipeline BEGIN and more).
-  bool pending = current_ && current_->forward_pending > 0;
-  bool in_tx = pending ? tx_predicted_ : tx_status_ != 'I';
-  if (in_tx && current_ && current_->alive) co_return current_;
+  if (InTransaction()) co_return current_;
   if (ctx_.pause != nullptr && ctx_.pause->Paused()) co_await WaitWhilePaused();
+  if (config_ != worker_.config) AdoptConfig();  // a reload (we are between transactions)
   // Read-your-writes and quorum: a read pipelined behind the session's own writes runs after
   // them, where they run.
   if (Consistent() && writes_in_flight_ > 0 && current_ && current_->alive) co_return current_;
@@ -346,12 +348,13 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
   routing::SessionRouting session{strategy_, state_.pinned(), state_.default_read_only()};
   // Keep a pipelining client on its backend when that backend is as good a target (not under
   // quorum: every read needs its own read index).
+  const bool pending = current_ && current_->forward_pending > 0;
   if (pending && current_->alive && strategy_ != config::Strategy::kQuorum) {
     bool current_is_primary = current_->node == topology->primary;
     bool needs_primary = worker_.router.NeedsPrimary(traits, session);
-    if (current_is_primary ? needs_primary
-                           : !needs_primary &&
-                                 worker_.router.EligibleReplica(*topology, current_->node)) {
+    if (current_is_primary
+            ? needs_primary
+            : !needs_primary && worker_.router.EligibleReplica(*topology, current_->node)) {
       co_return current_;
     }
   }
@@ -366,7 +369,7 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
   if (route.node >= 0) {
     b = backends_[route.node].get();
     if (b == nullptr || !b->alive) b = co_await OpenBackend(route.node);
-    if (b == nullptr && !route.to_primary && config_.routing.fallback_to_primary &&
+    if (b == nullptr && !route.to_primary && config_->routing.fallback_to_primary &&
         topology->primary >= 0) {
       Backend* p = backends_[topology->primary].get();
       if (p && p->alive) {
@@ -377,8 +380,8 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
     }
   }
   if (b == nullptr && route.to_primary && !ending_ &&
-      config_.failover.mode != config::FailoverMode::kOff &&
-      config_.failover.hold_writes.count() > 0) {
+      config_->failover.mode != config::FailoverMode::kOff &&
+      config_->failover.hold_writes.count() > 0) {
     b = co_await HoldForPrimary(traits, session, &topology);
     if (b == nullptr) route = worker_.router.Route(traits, session, *topology, worker_.in_flight);
   }
@@ -389,6 +392,23 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
     co_await RespondError(sqlstate::kUnableToConnect, message, respond_ready);
   }
   co_return b;
+}
+
+bool ClientSession::InTransaction() const {
+  const bool pending = current_ && current_->forward_pending > 0;
+  const bool in_tx = pending ? tx_predicted_ : tx_status_ != 'I';
+  return in_tx && current_ && current_->alive;
+}
+
+void ClientSession::AdoptConfig() {
+  const config::Strategy before = strategy_;
+  config_ = worker_.config;
+  strategy_ = config_->StrategyFor(database_, user_, application_name_);
+  if (strategy_ != before) {
+    PGRELAY_LOG(kDebug, "session",
+                "client " << peer_ << ": strategy " << config::ToString(before) << " -> "
+                          << config::ToString(strategy_) << " after a config reload");
+  }
 }
 
 awaitable<void> ClientSession::WaitWhilePaused() {
@@ -404,10 +424,10 @@ awaitable<ClientSession::Backend*> ClientSession::HoldForPrimary(
     std::shared_ptr<const health::Topology>* topology) {
   // The primary is gone or unreachable and pgrelay may be failing over: hold the statement
   // (failover.hold_writes) until a primary answers, instead of failing it at once.
-  PGRELAY_LOG(kInfo, "session", "client " << peer_ << ": no primary reachable; holding the "
-                                          << "statement up to "
-                                          << config_.failover.hold_writes.count() << " ms");
-  const auto deadline = std::chrono::steady_clock::now() + config_.failover.hold_writes;
+  PGRELAY_LOG(kInfo, "session",
+              "client " << peer_ << ": no primary reachable; holding the "
+                        << "statement up to " << config_->failover.hold_writes.count() << " ms");
+  const auto deadline = std::chrono::steady_clock::now() + config_->failover.hold_writes;
   asio::steady_timer timer(client_.get_executor());
   // A node that just refused is tried again only after a while (it is probably the failed
   // primary the monitor has not declared down yet).
@@ -423,7 +443,7 @@ awaitable<ClientSession::Backend*> ClientSession::HoldForPrimary(
     Backend* b = backends_[route.node].get();
     if (b != nullptr && b->alive) co_return b;
     const auto now = std::chrono::steady_clock::now();
-    if (route.node == refused && now - refused_at < config_.health.interval) continue;
+    if (route.node == refused && now - refused_at < config_->health.interval) continue;
     b = co_await OpenBackend(route.node);
     if (b != nullptr) co_return b;
     refused = route.node;
@@ -451,8 +471,9 @@ awaitable<ClientSession::Backend*> ClientSession::OpenBackend(int node) {
   if (!co_await b->conn->Login(params)) {
     worker_.metrics->Inc(ctx_.metrics->backend_connect_failures.At(static_cast<size_t>(node)));
     last_connect_error_ = b->conn->error_message();
-    PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": could not open a connection to node "
-                                               << status.name << ": " << last_connect_error_);
+    PGRELAY_LOG(kWarning, "session",
+                "client " << peer_ << ": could not open a connection to node " << status.name
+                          << ": " << last_connect_error_);
     co_return nullptr;
   }
   slot = std::move(b);
@@ -563,8 +584,8 @@ awaitable<bool> ClientSession::Flush() {
     outbox_.clear();
     co_return !ending_;
   }
-  auto [ec, n] = co_await asio::async_write(current_->conn->socket(), asio::buffer(outbox_),
-                                            kNoThrow);
+  auto [ec, n] =
+      co_await asio::async_write(current_->conn->socket(), asio::buffer(outbox_), kNoThrow);
   outbox_.clear();
   // A failed write shows up in the backend's reader as well, which answers the client.
   if (ec) PGRELAY_LOG(kDebug, "session", "client " << peer_ << ": write to backend failed");
@@ -618,8 +639,9 @@ void ClientSession::OnGroupDone(Backend* b) {
   b->pending.pop_front();
   if (!g.forward) {
     if (g.error) {
-      PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": replaying session state on node "
-                                                 << b->conn->node_name() << " failed");
+      PGRELAY_LOG(kWarning, "session",
+                  "client " << peer_ << ": replaying session state on node " << b->conn->node_name()
+                            << " failed");
     }
     return;
   }
@@ -692,8 +714,7 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
             ++completed;
           } else if (f.type == 'E') {
             g->error = true;
-            if (g->forward && f.kind == FrameScanner::Kind::kWhole &&
-                RewriteFatal(b, f.bytes)) {
+            if (g->forward && f.kind == FrameScanner::Kind::kWhole && RewriteFatal(b, f.bytes)) {
               piece = b->rewritten;
             }
           }
@@ -704,9 +725,9 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
           forward_current = b == current_ && (f.type == 'A' || f.type == 'N' || f.type == 'S');
           if (f.type == 'E') {
             auto fields = protocol::ParseErrorFields(f.bytes.substr(5));
-            PGRELAY_LOG(kInfo, "session", "client " << peer_ << ": node " << b->conn->node_name()
-                                                    << " closed an idle connection: "
-                                                    << fields.message);
+            PGRELAY_LOG(kInfo, "session",
+                        "client " << peer_ << ": node " << b->conn->node_name()
+                                  << " closed an idle connection: " << fields.message);
           }
         }
       }
@@ -737,7 +758,7 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
         co_await socket.async_read_some(asio::buffer(in.WritePtr(), in.WritableSize()), kNoThrow);
     if (ec) {
       if (!ending_) {
-        const std::string why = b->dropped != nullptr ? std::string(b->dropped)
+        const std::string why = b->dropped != nullptr    ? std::string(b->dropped)
                                 : ec == asio::error::eof ? std::string("closed the connection")
                                                          : ec.message();
         OnBackendLost(b, why);
@@ -779,15 +800,18 @@ void ClientSession::OnBackendLost(Backend* b, std::string_view why) {
   error_code ignored;
   b->conn->socket().close(ignored);
   if (current_ == b && (tx_status_ != 'I' || tx_predicted_)) {
-    PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": node " << b->conn->node_name() << " "
-                                               << why << " during a transaction");
+    PGRELAY_LOG(kWarning, "session",
+                "client " << peer_ << ": node " << b->conn->node_name() << " " << why
+                          << " during a transaction");
     lost_in_transaction_ = b->conn->node_name();
   } else if (b->forward_pending > 0) {
-    PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": node " << b->conn->node_name() << " "
-                                               << why << " while running a statement");
+    PGRELAY_LOG(kWarning, "session",
+                "client " << peer_ << ": node " << b->conn->node_name() << " " << why
+                          << " while running a statement");
   } else {
-    PGRELAY_LOG(kInfo, "session", "client " << peer_ << ": idle connection to node "
-                                            << b->conn->node_name() << " " << why);
+    PGRELAY_LOG(
+        kInfo, "session",
+        "client " << peer_ << ": idle connection to node " << b->conn->node_name() << " " << why);
     b->pending.clear();
     return;
   }
@@ -823,10 +847,10 @@ awaitable<void> ClientSession::AnswerLost(Backend* b) {
         lost_write = true;
       }
       if (!g.error) {
-        protocol::AppendError(&reply_lost_, "ERROR", sqlstate::kConnectionFailure,
-                              "pgrelay lost the connection to node " + node +
-                                  " while running the statement",
-                              "The statement may or may not have run; check before retrying.");
+        protocol::AppendError(
+            &reply_lost_, "ERROR", sqlstate::kConnectionFailure,
+            "pgrelay lost the connection to node " + node + " while running the statement",
+            "The statement may or may not have run; check before retrying.");
       }
       protocol::AppendReadyForQuery(&reply_lost_, 'I');
     }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "config/config.h"
@@ -14,12 +15,18 @@
 namespace pgrelay::proxy {
 
 struct WorkerContext {
-  explicit WorkerContext(const config::Config& config);
+  explicit WorkerContext(std::shared_ptr<const config::Config> config);
+
+  // Config reload, on the worker's thread: the router and the classifier take the new routing
+  // settings at once; sessions adopt `config` at their next transaction boundary.
+  void Reconfigure(std::shared_ptr<const config::Config> next);
+
+  std::shared_ptr<const config::Config> config;  // the newest this worker has
 
   BufferPool pool;
   routing::Classifier classifier;
   routing::Router router;
-  std::vector<uint32_t> in_flight;  // statements outstanding per node, from this worker
+  std::vector<uint32_t> in_flight;  // statements outstanding per node slot (config::kMaxNodes)
   uint32_t first_replica_rr = 0;    // sessions started on a replica (no primary), round robin
   admin::Shard* metrics = nullptr;  // this worker's metrics shard (written by this thread only)
 };

@@ -60,6 +60,13 @@ void ClassificationCache::Insert(std::string_view sql, const Classification& cla
   }
 }
 
+void ClassificationCache::Reset(size_t capacity, size_t max_bytes, size_t max_text_bytes) {
+  Clear();
+  capacity_ = std::min<size_t>(capacity, kNone - 1);
+  max_bytes_ = max_bytes;
+  max_text_bytes_ = max_text_bytes;
+}
+
 void ClassificationCache::Clear() {
   entries_.clear();
   index_.clear();

@@ -29,6 +29,8 @@ class ClassificationCache {
   // while over capacity or max_bytes.
   void Insert(std::string_view sql, const Classification& classification);
   void Clear();
+  // Clear(), then new limits (a config reload changed routing.classifier_cache_size).
+  void Reset(size_t capacity, size_t max_bytes, size_t max_text_bytes);
 
   size_t size() const { return index_.size(); }
   size_t capacity() const { return capacity_; }
@@ -51,9 +53,9 @@ class ClassificationCache {
   void PushFront(uint32_t i);
   void EvictLast();
 
-  const size_t capacity_;
-  const size_t max_bytes_;
-  const size_t max_text_bytes_;
+  size_t capacity_;
+  size_t max_bytes_;
+  size_t max_text_bytes_;
   std::deque<Entry> entries_;  // stable addresses: index_ keys point into Entry::text
   using Index = std::unordered_map<std::string_view, uint32_t>;
   Index index_;

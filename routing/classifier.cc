@@ -1037,6 +1037,12 @@ void Classifier::ApplyHint(std::string_view sql, Classification* c) {
   }
 }
 
+void Classifier::SetOptions(const ClassifierOptions& options) {
+  rules_ = std::make_unique<Rules>(options.rules);
+  precheck_ = options.precheck;
+  cache_.Reset(options.cache_size, options.cache_max_bytes, options.cache_max_text_bytes);
+}
+
 void Classifier::SetCatalog(std::shared_ptr<const FunctionCatalog> catalog) {
   if (catalog == nullptr || catalog == catalog_) return;
   catalog_ = std::move(catalog);

@@ -53,6 +53,8 @@ class Classifier {
   // the cache if it is a different catalog.
   void SetCatalog(std::shared_ptr<const FunctionCatalog> catalog);
   const std::shared_ptr<const FunctionCatalog>& catalog() const { return catalog_; }
+  // Config reload: new rules and cache limits; clears the cache (stats keep counting).
+  void SetOptions(const ClassifierOptions& options);
 
   const Stats& stats() const { return stats_; }
   const ClassificationCache& cache() const { return cache_; }
@@ -65,7 +67,7 @@ class Classifier {
   void ApplyHint(std::string_view sql, Classification* c);
 
   std::shared_ptr<const FunctionCatalog> catalog_;
-  const bool precheck_;
+  bool precheck_;
   ClassificationCache cache_;
   std::unique_ptr<Rules> rules_;
   std::unique_ptr<Parser> parser_;  // reusable JSON parser and its memory

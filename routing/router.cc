@@ -6,10 +6,10 @@ namespace pgrelay::routing {
 
 UnitTraits TraitsOf(const Classification& c) {
   UnitTraits t;
-  constexpr uint64_t kSessionBound =
-      Flag::kListen | Flag::kCreateTemp | Flag::kTempReference | Flag::kSessionAdvisoryLock |
-      Flag::kDeclareCursorWithHold | Flag::kLoad | Flag::kNotify | Flag::kDiscardTemp |
-      Flag::kDiscardAll;
+  constexpr uint64_t kSessionBound = Flag::kListen | Flag::kCreateTemp | Flag::kTempReference |
+                                     Flag::kSessionAdvisoryLock | Flag::kDeclareCursorWithHold |
+                                     Flag::kLoad | Flag::kNotify | Flag::kDiscardTemp |
+                                     Flag::kDiscardAll;
   t.write = c.is_write() || c.HasAny(kSessionBound);
   t.hint = c.hint;
   switch (c.txn) {
@@ -36,8 +36,15 @@ UnitTraits TraitsOf(const Classification& c) {
 }
 
 Router::Router(const config::Config& config)
-    : config_(config), balancer_(config.routing.load_balance) {
-  candidates_.reserve(config.nodes.size());
+    : config_(&config), balancer_(config.routing.load_balance) {
+  candidates_.reserve(config::kMaxNodes);
+}
+
+void Router::Reconfigure(const config::Config& config) {
+  if (config.routing.load_balance != config_->routing.load_balance) {
+    balancer_ = LoadBalancer(config.routing.load_balance);
+  }
+  config_ = &config;
 }
 
 bool Router::NeedsPrimary(const UnitTraits& unit, const SessionRouting& session) const {
@@ -50,9 +57,9 @@ bool Router::NeedsPrimary(const UnitTraits& unit, const SessionRouting& session)
 
 bool Router::EligibleReplica(const health::Topology& topology, int i) const {
   if (i == topology.primary) return false;
-  if (config_.nodes[i].weight <= 0) return false;
-  return topology.IsUsableReplica(static_cast<size_t>(i), config_.routing.max_lag_bytes,
-                                  config_.routing.max_lag);
+  if (topology.nodes[i].weight <= 0 || topology.nodes[i].removed) return false;
+  return topology.IsUsableReplica(static_cast<size_t>(i), config_->routing.max_lag_bytes,
+                                  config_->routing.max_lag);
 }
 
 bool Router::Replayed(const health::Topology& topology, int i, const LsnBound* bound) {
@@ -76,12 +83,13 @@ RouteResult Router::Route(const UnitTraits& unit, const SessionRouting& session,
         r.behind = true;
         continue;
       }
-      candidates_.push_back(Candidate{i, config_.nodes[i].weight,
-                                      static_cast<size_t>(i) < in_flight.size() ? in_flight[i] : 0});
+      candidates_.push_back(
+          Candidate{i, topology.nodes[i].weight,
+                    static_cast<size_t>(i) < in_flight.size() ? in_flight[i] : 0});
     }
     r.node = balancer_.Pick(candidates_);
     if (r.node >= 0) return r;
-    if (!config_.routing.fallback_to_primary) {
+    if (!config_->routing.fallback_to_primary) {
       r.error = "no replica is available for reads and routing.fallback_to_primary is off";
       return r;
     }

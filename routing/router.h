@@ -56,7 +56,7 @@ struct LsnBound {
 };
 
 struct RouteResult {
-  int node = -1;           // index into topology.nodes; -1: no node (see error)
+  int node = -1;  // index into topology.nodes; -1: no node (see error)
   bool to_primary = false;
   bool fell_back = false;  // a read went to the primary because no replica was eligible
   bool behind = false;     // ... and some replica was eligible but had not replayed min_lsn
@@ -65,7 +65,11 @@ struct RouteResult {
 
 class Router {
  public:
+  // `config` must outlive the router (or its next Reconfigure). Node weights come from the
+  // topology (health::NodeStatus::weight), the rest of the routing settings from `config`.
   explicit Router(const config::Config& config);
+  // Config reload (on the router's thread): the routing settings of `config` from now on.
+  void Reconfigure(const config::Config& config);
 
   RouteResult Route(const UnitTraits& unit, const SessionRouting& session,
                     const health::Topology& topology, std::span<const uint32_t> in_flight,
@@ -79,7 +83,7 @@ class Router {
   static bool Replayed(const health::Topology& topology, int i, const LsnBound* bound);
 
  private:
-  const config::Config& config_;
+  const config::Config* config_;
   LoadBalancer balancer_;
   std::vector<Candidate> candidates_;  // reused: no allocation per route
 };

@@ -1,5 +1,6 @@
 #include "proxy/admin/admin_server.h"
 
+#include <atomic>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -18,12 +19,15 @@
 #include <cctype>
 #include <cstdio>
 #include <exception>
+#include <future>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <stdexcept>
 #include <thread>
 #include <unordered_set>
 #include <utility>
+#include <vector>
 
 #include "config/log.h"
 #include "proxy/admin/metrics.h"
@@ -85,18 +89,17 @@ bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
 
 }  // namespace
 
-bool IsLoopbackHost(std::string_view host) {
-  if (EqualsIgnoreCase(host, "localhost")) return true;
-  error_code ec;
-  const asio::ip::address address = asio::ip::make_address(std::string(host), ec);
-  return !ec && address.is_loopback();
-}
-
 class AdminServer::Impl {
  public:
   Impl(AdminOptions options, AdminSources sources)
       : options_(std::move(options)), sources_(std::move(sources)) {
-    if (!options_.token.empty()) token_digest_ = protocol::Sha256(options_.token);
+    SetToken(options_.token);
+  }
+
+  void SetToken(const std::string& token) {
+    std::lock_guard lock(token_mu_);
+    has_token_ = !token.empty();
+    token_digest_ = has_token_ ? protocol::Sha256(token) : protocol::Sha256Digest{};
   }
 
   void Start();
@@ -106,29 +109,39 @@ class AdminServer::Impl {
  private:
   asio::awaitable<void> Accept();
   asio::awaitable<void> Serve(tcp::socket socket);
-  Response Handle(const Request& request);
+  // The response, or nullopt for an admin action (token checked) that RunAction runs.
+  std::optional<Response> Handle(const Request& request);
   Response Text(const Request& request, http::status status, std::string body) const;
   Response Metrics(const Request& request) const;
   Response Ready(const Request& request) const;
   Response Cluster(const Request& request) const;
-  Response Action(const Request& request, std::string_view path, std::string_view query);
+  // Runs the action on a thread of its own (a switchover takes seconds) while this thread goes
+  // on serving scrapes; the response once it is done.
+  asio::awaitable<Response> RunAction(const Request& request);
   // The 401 response if the request lacks the token, else nullopt.
   std::optional<Response> CheckToken(const Request& request) const;
 
-  const AdminOptions options_;
+  const AdminOptions options_;  // options_.token: the token at start (SetToken replaces it)
   const AdminSources sources_;
+  mutable std::mutex token_mu_;  // guards has_token_, token_digest_ (a reload may set them)
+  bool has_token_ = false;
   protocol::Sha256Digest token_digest_{};
   asio::io_context io_{1};
   tcp::acceptor acceptor_{io_};
   std::thread thread_;
   uint16_t port_ = 0;
-  bool stopping_ = false;                        // admin thread only
+  bool stopping_ = false;  // admin thread only
+  struct ActionThread {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> finished;
+  };
+  std::vector<ActionThread> action_threads_;     // admin thread only until Stop joins them
   std::unordered_set<beast::tcp_stream*> open_;  // admin thread only
 };
 
 void AdminServer::Impl::Start() {
   const std::string where = options_.listen.ToString();
-  if (options_.token.empty() && !IsLoopbackHost(options_.listen.host)) {
+  if (options_.token.empty() && !config::IsLoopbackHost(options_.listen.host)) {
     throw std::runtime_error(
         "admin.listen " + where +
         " is not a loopback address and no admin token is set: anyone who reaches it could "
@@ -178,6 +191,8 @@ void AdminServer::Impl::Stop() {
     for (beast::tcp_stream* stream : open_) stream->socket().close(ignored);
   });
   thread_.join();  // run() returns once every coroutine has ended
+  for (ActionThread& a : action_threads_) a.thread.join();  // an action ends within its bound
+  action_threads_.clear();
 }
 
 asio::awaitable<void> AdminServer::Impl::Accept() {
@@ -249,7 +264,12 @@ asio::awaitable<void> AdminServer::Impl::Serve(tcp::socket socket) {
     } else {
       const Request& request = parser.get();
       try {
-        response = Handle(request);
+        std::optional<Response> handled = Handle(request);
+        if (handled) {
+          response = std::move(*handled);
+        } else {
+          response = co_await RunAction(request);
+        }
       } catch (const std::exception& e) {
         PGRELAY_LOG(kError, "admin", "internal error on " << request.target() << ": " << e.what());
         response = Text(request, http::status::internal_server_error, "internal error\n");
@@ -285,15 +305,12 @@ Response AdminServer::Impl::Text(const Request& request, http::status status,
   return response;
 }
 
-Response AdminServer::Impl::Handle(const Request& request) {
+std::optional<Response> AdminServer::Impl::Handle(const Request& request) {
   const std::string_view target = request.target();
   if (target.empty() || target.front() != '/') {
     return Text(request, http::status::bad_request, "bad request target: must start with /\n");
   }
-  const size_t question = target.find('?');
-  const std::string_view path = target.substr(0, question);
-  const std::string_view query =
-      question == std::string_view::npos ? std::string_view() : target.substr(question + 1);
+  const std::string_view path = target.substr(0, target.find('?'));
 
   if (Contains(kActionEndpoints, path)) {
     if (request.method() != http::verb::post) {
@@ -301,7 +318,12 @@ Response AdminServer::Impl::Handle(const Request& request) {
       r.set(http::field::allow, "POST");
       return r;
     }
-    return Action(request, path, query);
+    if (std::optional<Response> refused = CheckToken(request)) return refused;
+    if (!sources_.on_action) {
+      return Text(request, http::status::not_implemented,
+                  "POST " + std::string(path) + " is not implemented yet\n");
+    }
+    return std::nullopt;
   }
   if (!Contains(kReadEndpoints, path)) {
     return Text(request, http::status::not_found,
@@ -354,6 +376,7 @@ Response AdminServer::Impl::Ready(const Request& request) const {
                                                  : "no primary is known (";
     bool first = true;
     for (const health::NodeStatus& n : topology->nodes) {
+      if (n.removed) continue;
       why += (first ? "" : ", ") + n.name + ": " + std::string(health::ToString(n.state)) + " " +
              std::string(health::ToString(n.role));
       if (!n.last_error.empty()) why += " - " + n.last_error;
@@ -382,10 +405,12 @@ Response AdminServer::Impl::Cluster(const Request& request) const {
   json::array nodes;
   for (size_t i = 0; i < topology->nodes.size(); ++i) {
     const health::NodeStatus& n = topology->nodes[i];
+    if (n.removed) continue;
     json::object node;
     node["name"] = n.name;
     node["host"] = n.host;
     node["port"] = n.port;
+    node["weight"] = n.weight;
     node["state"] = health::ToString(n.state);
     node["role"] = health::ToString(n.role);
     node["up"] = n.up;
@@ -425,7 +450,12 @@ Response AdminServer::Impl::Cluster(const Request& request) const {
 }
 
 std::optional<Response> AdminServer::Impl::CheckToken(const Request& request) const {
-  if (options_.token.empty()) return std::nullopt;
+  protocol::Sha256Digest expected;
+  {
+    std::lock_guard lock(token_mu_);
+    if (!has_token_) return std::nullopt;
+    expected = token_digest_;
+  }
   const auto header = request.find(http::field::authorization);
   std::string_view value;
   if (header != request.end()) value = header->value();
@@ -443,7 +473,7 @@ std::optional<Response> AdminServer::Impl::CheckToken(const Request& request) co
   while (!value.empty() && value.back() == ' ') value.remove_suffix(1);
   // Digests of equal size: the comparison takes the same time whatever the token's length.
   const protocol::Sha256Digest given = protocol::Sha256(value);
-  if (!protocol::ConstantTimeEquals(protocol::AsView(given), protocol::AsView(token_digest_))) {
+  if (!protocol::ConstantTimeEquals(protocol::AsView(given), protocol::AsView(expected))) {
     Response r = Text(request, http::status::unauthorized, "invalid token\n");
     r.set(http::field::www_authenticate, "Bearer realm=\"pgrelay\", error=\"invalid_token\"");
     return r;
@@ -451,22 +481,40 @@ std::optional<Response> AdminServer::Impl::CheckToken(const Request& request) co
   return std::nullopt;
 }
 
-Response AdminServer::Impl::Action(const Request& request, std::string_view path,
-                                   std::string_view query) {
-  if (std::optional<Response> refused = CheckToken(request)) return std::move(*refused);
-  const std::string_view action = path.substr(1);
-  if (!sources_.on_action) {
-    return Text(request, http::status::not_implemented,
-                "POST " + std::string(path) + " is not implemented yet\n");
+asio::awaitable<Response> AdminServer::Impl::RunAction(const Request& request) {
+  const std::string target(request.target());
+  const size_t question = target.find('?');
+  const std::string path = target.substr(0, question);
+  const std::string query =
+      question == std::string::npos ? std::string() : target.substr(question + 1);
+  auto task = std::make_shared<std::packaged_task<ActionResult()>>(
+      [this, action = path.substr(1), query] { return sources_.on_action(action, query); });
+  std::future<ActionResult> done = task->get_future();
+  // Threads of finished actions are joined here; Stop joins the rest.
+  std::erase_if(action_threads_, [](ActionThread& a) {
+    if (!a.finished->load(std::memory_order_acquire)) return false;
+    a.thread.join();
+    return true;
+  });
+  auto finished = std::make_shared<std::atomic<bool>>(false);
+  action_threads_.push_back(ActionThread{std::thread([task, finished] {
+                                           (*task)();
+                                           finished->store(true, std::memory_order_release);
+                                         }),
+                                         finished});
+  asio::steady_timer poll(io_);
+  while (done.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+    if (stopping_) co_return Text(request, http::status::service_unavailable, "shutting down\n");
+    poll.expires_after(std::chrono::milliseconds(10));
+    co_await poll.async_wait(kNoThrow);
   }
-  ActionResult result = sources_.on_action(action, query);
+  ActionResult result = done.get();
   const auto status = http::int_to_status(static_cast<unsigned>(result.status));
   if (status == http::status::unknown) {
-    return Text(request, http::status::internal_server_error, "invalid status from handler\n");
+    co_return Text(request, http::status::internal_server_error, "invalid status from handler\n");
   }
-  PGRELAY_LOG(kInfo, "admin",
-              "POST " << path << (query.empty() ? "" : "?") << query << ": " << result.status);
-  return Text(request, status, std::move(result.body));
+  PGRELAY_LOG(kInfo, "admin", "POST " << target << ": " << result.status);
+  co_return Text(request, status, std::move(result.body));
 }
 
 AdminServer::AdminServer(AdminOptions options, AdminSources sources)
@@ -476,6 +524,8 @@ AdminServer::~AdminServer() { Stop(); }
 
 void AdminServer::Start() { impl_->Start(); }
 void AdminServer::Stop() { impl_->Stop(); }
+void AdminServer::SetToken(const std::string& token) { impl_->SetToken(token); }
+
 uint16_t AdminServer::port() const { return impl_->port(); }
 
 }  // namespace pgrelay::admin

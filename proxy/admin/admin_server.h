@@ -64,13 +64,13 @@ class AdminServer {
   // Closes the listener and every connection and joins the thread. Idempotent.
   void Stop();
   uint16_t port() const;  // the bound port (after Start)
+  // Config reload: the bearer token from now on (empty: none; the caller has checked that the
+  // listen address is loopback then). Thread-safe.
+  void SetToken(const std::string& token);
 
  private:
   class Impl;
   std::unique_ptr<Impl> impl_;
 };
-
-// Whether `host` is a loopback address or "localhost" (no name resolution).
-bool IsLoopbackHost(std::string_view host);
 
 }  // namespace pgrelay::admin

@@ -333,14 +333,27 @@ void Registry::RenderFamily(const Family& f, std::string* out) const {
   std::array<std::string_view, FamilyIndex::kMaxLabels> values;
   const std::span<const std::string_view> value_span(values.data(), f.labels.size());
   std::vector<uint64_t> buckets(f.type == MetricType::kHistogram ? f.bounds.size() + 1 : 0);
+  // The current names of live dimensions, for the whole family.
+  std::array<std::shared_ptr<const std::vector<std::string>>, FamilyIndex::kMaxLabels> live;
+  for (size_t d = 0; d < f.labels.size(); ++d) {
+    if (f.labels[d].live) live[d] = f.labels[d].live->Get();
+  }
   for (uint32_t s = 0; s < f.series; ++s) {
     // Label values of series s: mixed radix, the last label varying fastest.
     uint32_t rest = s;
+    bool unused = false;
     for (size_t d = f.labels.size(); d-- > 0;) {
       const auto n = static_cast<uint32_t>(f.labels[d].values.size());
-      values[d] = f.labels[d].values[rest % n];
+      const uint32_t v = rest % n;
+      if (live[d]) {
+        values[d] = v < live[d]->size() ? std::string_view((*live[d])[v]) : std::string_view();
+        unused |= values[d].empty();
+      } else {
+        values[d] = f.labels[d].values[v];
+      }
       rest /= n;
     }
+    if (unused) continue;
     const uint32_t cell = f.first + s * f.stride;
     if (f.type != MetricType::kHistogram) {
       out->append(f.name);

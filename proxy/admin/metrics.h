@@ -22,11 +22,35 @@ namespace pgrelay::admin {
 
 enum class MetricType { kCounter, kGauge, kHistogram };
 
+// Label values that may change after Freeze (node names after a config reload), for a
+// dimension with a fixed number of slots. A slot whose value is empty has no series (it is left
+// out of the exposition). Set() from any thread; the scrape reads a snapshot.
+class LiveLabelValues {
+ public:
+  void Set(std::vector<std::string> values) {
+    values_.store(std::make_shared<const std::vector<std::string>>(std::move(values)),
+                  std::memory_order_release);
+  }
+  std::shared_ptr<const std::vector<std::string>> Get() const {
+    return values_.load(std::memory_order_acquire);
+  }
+
+ private:
+  std::atomic<std::shared_ptr<const std::vector<std::string>>> values_{
+      std::make_shared<const std::vector<std::string>>()};
+};
+
 // One label of a sharded family, with every value it can take (known at start-up). A series'
 // label value is chosen by its index into `values`, so an increment is an array index.
+// With `live` set, `values` only sets the number of slots, and the names come from `live`.
 struct LabelDim {
+  LabelDim(std::string n, std::vector<std::string> v,
+           std::shared_ptr<const LiveLabelValues> l = nullptr)
+      : name(std::move(n)), values(std::move(v)), live(std::move(l)) {}
+
   std::string name;
   std::vector<std::string> values;
+  std::shared_ptr<const LiveLabelValues> live;
 };
 
 // Statement latency in seconds, 100 µs .. 10 s.

@@ -66,10 +66,13 @@ std::vector<std::string> EnumValues(E last) {
   return out;
 }
 
-LabelDim NodeDim(const config::Config& config) {
-  LabelDim dim{"node", {}};
-  for (const config::NodeConfig& node : config.nodes) dim.values.push_back(node.name);
-  return dim;
+// Node names of the config's slots; a removed slot has none (no series).
+std::vector<std::string> NodeNames(const config::Config& config) {
+  std::vector<std::string> names;
+  for (const config::NodeConfig& node : config.nodes) {
+    names.push_back(node.removed ? std::string() : node.name);
+  }
+  return names;
 }
 
 LabelDim StrategyDim() {
@@ -86,7 +89,9 @@ void AddTopologyMetrics(Registry& r, TopologySource source) {
     return [source, per_node](SampleSink& sink) {
       const std::shared_ptr<const health::Topology> topology = source ? source() : nullptr;
       if (topology == nullptr) return;
-      for (const health::NodeStatus& node : topology->nodes) per_node(node, sink);
+      for (const health::NodeStatus& node : topology->nodes) {
+        if (!node.removed) per_node(node, sink);
+      }
     };
   };
   r.AddCallback(MetricType::kGauge, "pgrelay_node_up",
@@ -140,8 +145,8 @@ void AddTopologyMetrics(Registry& r, TopologySource source) {
                 each_node([](const health::NodeStatus& n, SampleSink& sink) {
                   sink.Add({n.name}, static_cast<double>(n.probe_failures_total));
                 }));
-  r.AddCallback(MetricType::kCounter, "pgrelay_failovers_total",
-                "Promotions pgrelay carried out.", {}, [source](SampleSink& sink) {
+  r.AddCallback(MetricType::kCounter, "pgrelay_failovers_total", "Promotions pgrelay carried out.",
+                {}, [source](SampleSink& sink) {
                   const auto topology = source ? source() : nullptr;
                   if (topology) sink.Add({}, static_cast<double>(topology->failovers));
                 });
@@ -159,7 +164,8 @@ void AddTopologyMetrics(Registry& r, TopologySource source) {
                   const auto topology = source ? source() : nullptr;
                   if (!topology) return;
                   int fenced = 0;
-                  for (const auto& n : topology->nodes) fenced += n.state == health::NodeHealth::kFenced;
+                  for (const auto& n : topology->nodes)
+                    fenced += n.state == health::NodeHealth::kFenced;
                   sink.Add({}, fenced);
                 });
   r.AddCallback(MetricType::kGauge, "pgrelay_topology_primary_conflict",
@@ -173,9 +179,10 @@ void AddTopologyMetrics(Registry& r, TopologySource source) {
 }  // namespace
 
 ProxyMetrics::ProxyMetrics(const config::Config& config, size_t workers, TopologySource topology)
-    : workers_(workers), node_count_(config.nodes.size()) {
+    : workers_(workers), node_names_(std::make_shared<LiveLabelValues>()) {
   Registry& r = registry_;
-  const LabelDim node = NodeDim(config);
+  node_names_->Set(NodeNames(config));
+  const LabelDim node{"node", std::vector<std::string>(config::kMaxNodes), node_names_};
   client_connections = r.AddGauge("pgrelay_client_connections", "Client connections open now.");
   client_connections_total =
       r.AddCounter("pgrelay_client_connections_total", "Client connections accepted since start.");
@@ -244,9 +251,13 @@ int64_t ProxyMetrics::ClientConnections() const {
   return std::llround(registry_.Value(client_connections.At()));
 }
 
+void ProxyMetrics::Reconfigure(const config::Config& config) {
+  node_names_->Set(NodeNames(config));
+}
+
 std::vector<int64_t> ProxyMetrics::BackendConnections() const {
   std::vector<int64_t> out;
-  for (size_t i = 0; i < node_count_; ++i) {
+  for (size_t i = 0; i < config::kMaxNodes; ++i) {
     out.push_back(std::llround(registry_.Value(backend_connections.At(i))));
   }
   return out;

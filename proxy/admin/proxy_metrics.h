@@ -83,11 +83,12 @@ class ProxyMetrics {
   Shard& WorkerShard(size_t worker) { return registry_.shard(worker); }
   Shard& MonitorShard() { return registry_.shard(workers_); }
   Shard& ControlShard() { return registry_.shard(workers_ + 1); }
-  size_t node_count() const { return node_count_; }
+  // Config reload: the node label values of the new node slots (removed ones drop out).
+  void Reconfigure(const config::Config& config);
 
   // Sums over every shard, for /cluster.
   int64_t ClientConnections() const;
-  std::vector<int64_t> BackendConnections() const;  // per node, config order
+  std::vector<int64_t> BackendConnections() const;  // per node slot (config::kMaxNodes)
 
   // --- Sharded families. Indexes: node = position in config.nodes, strategy =
   // config::Strategy, class = StatementClass, reason = RejectReason / PinReason. ---
@@ -101,16 +102,16 @@ class ProxyMetrics {
   GaugeFamily backend_connections;            // pgrelay_backend_connections{node}
   CounterFamily backend_connect_failures;     // pgrelay_backend_connect_failures_total{node}
   // One per routed unit (simple Query, or extended-protocol batch up to Sync).
-  CounterFamily statements;               // pgrelay_statements_total{node,class,strategy}
-  HistogramFamily statement_duration;     // pgrelay_statement_duration_seconds{node}
-  CounterFamily reads_fallback_primary;   // pgrelay_reads_fallback_primary_total
-  CounterFamily sessions_pinned;          // pgrelay_sessions_pinned_total{reason}
-  CounterFamily classifier_cache_hits;    // pgrelay_classifier_cache_hits_total
-  CounterFamily classifier_cache_misses;  // pgrelay_classifier_cache_misses_total
-  CounterFamily consistency_waits;        // pgrelay_consistency_waits_total{strategy}
-  CounterFamily consistency_fallbacks;    // pgrelay_consistency_fallbacks_total{strategy}
+  CounterFamily statements;                   // pgrelay_statements_total{node,class,strategy}
+  HistogramFamily statement_duration;         // pgrelay_statement_duration_seconds{node}
+  CounterFamily reads_fallback_primary;       // pgrelay_reads_fallback_primary_total
+  CounterFamily sessions_pinned;              // pgrelay_sessions_pinned_total{reason}
+  CounterFamily classifier_cache_hits;        // pgrelay_classifier_cache_hits_total
+  CounterFamily classifier_cache_misses;      // pgrelay_classifier_cache_misses_total
+  CounterFamily consistency_waits;            // pgrelay_consistency_waits_total{strategy}
+  CounterFamily consistency_fallbacks;        // pgrelay_consistency_fallbacks_total{strategy}
   HistogramFamily consistency_wait_duration;  // pgrelay_consistency_wait_seconds{strategy}
-  CounterFamily config_reloads;           // pgrelay_config_reloads_total{result}
+  CounterFamily config_reloads;               // pgrelay_config_reloads_total{result}
 
   // Computed at scrape time from the topology: pgrelay_node_up{node},
   // pgrelay_node_state{node,state}, pgrelay_node_role{node,role},
@@ -122,7 +123,7 @@ class ProxyMetrics {
 
  private:
   const size_t workers_;
-  const size_t node_count_;
+  std::shared_ptr<LiveLabelValues> node_names_;
   Registry registry_;
 };
 

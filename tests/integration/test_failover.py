@@ -522,8 +522,22 @@ def test_planned_switchover_without_client_errors(scratch, make_pgrelay, tmp_pat
 
     assert post("/switchover?to=nope")[0] == 409
     started = time.time()
-    status, body = post("/switchover?to=s2")
+    # The admin endpoint keeps answering (scrapes, /cluster) while the switchover runs.
+    outcome: dict = {}
+    request = threading.Thread(target=lambda: outcome.update(result=post("/switchover?to=s2")))
+    request.start()
+    scrapes_during = []
+    while request.is_alive():
+        t0 = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{relay.admin_port}/metrics", timeout=5) as r:
+            assert r.status == 200
+        if request.is_alive():
+            scrapes_during.append(time.monotonic() - t0)
+        time.sleep(0.05)
+    request.join()
+    status, body = outcome["result"]
     assert status == 200, body
+    assert scrapes_during and max(scrapes_during) < 1.0, scrapes_during
     assert "switched over from p0 to s2 at epoch 2" in body
     wait_until(lambda: sum(1 for _, t in writer.acked if t > started + 0.5) > 20, 30,
                what="writes after the switchover")

@@ -478,14 +478,14 @@ TEST(AdminServerStartTest, ReportsBindErrors) {
 }
 
 TEST(AdminServerStartTest, LoopbackHosts) {
-  EXPECT_TRUE(IsLoopbackHost("127.0.0.1"));
-  EXPECT_TRUE(IsLoopbackHost("127.1.2.3"));
-  EXPECT_TRUE(IsLoopbackHost("::1"));
-  EXPECT_TRUE(IsLoopbackHost("localhost"));
-  EXPECT_FALSE(IsLoopbackHost("0.0.0.0"));
-  EXPECT_FALSE(IsLoopbackHost("::"));
-  EXPECT_FALSE(IsLoopbackHost("10.0.0.1"));
-  EXPECT_FALSE(IsLoopbackHost("example.com"));
+  EXPECT_TRUE(config::IsLoopbackHost("127.0.0.1"));
+  EXPECT_TRUE(config::IsLoopbackHost("127.1.2.3"));
+  EXPECT_TRUE(config::IsLoopbackHost("::1"));
+  EXPECT_TRUE(config::IsLoopbackHost("localhost"));
+  EXPECT_FALSE(config::IsLoopbackHost("0.0.0.0"));
+  EXPECT_FALSE(config::IsLoopbackHost("::"));
+  EXPECT_FALSE(config::IsLoopbackHost("10.0.0.1"));
+  EXPECT_FALSE(config::IsLoopbackHost("example.com"));
 }
 
 }  // namespace

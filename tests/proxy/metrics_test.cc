@@ -128,6 +128,25 @@ TEST(RegistryTest, CountersWithLabelsExposeEverySeries) {
             "test_plain_total 3\n");
 }
 
+TEST(RegistryTest, LiveLabelValuesFollowTheirSlots) {
+  auto nodes = std::make_shared<LiveLabelValues>();
+  nodes->Set({"pg1", "pg2"});
+  Registry r;
+  CounterFamily hits = r.AddCounter("test_hits_total", "Hits, by node.",
+                                    {{"node", std::vector<std::string>(3), nodes}});
+  r.Freeze(1);
+  r.shard(0).Inc(hits.At(1), 2);
+  EXPECT_EQ(r.Render(),
+            "# HELP test_hits_total Hits, by node.\n# TYPE test_hits_total counter\n"
+            "test_hits_total{node=\"pg1\"} 0\ntest_hits_total{node=\"pg2\"} 2\n");
+  // A reload removed pg1 (its slot has no name) and added pg3 in the third slot.
+  nodes->Set({"", "pg2", "pg3"});
+  r.shard(0).Inc(hits.At(2));
+  EXPECT_EQ(r.Render(),
+            "# HELP test_hits_total Hits, by node.\n# TYPE test_hits_total counter\n"
+            "test_hits_total{node=\"pg2\"} 2\ntest_hits_total{node=\"pg3\"} 1\n");
+}
+
 TEST(RegistryTest, HistogramBucketsAreCumulativeWithInfSumAndCount) {
   Registry r;
   HistogramFamily latency = r.AddHistogram("test_latency_seconds", "Latency.", {0.001, 0.01, 0.1},
@@ -349,7 +368,10 @@ TEST(ProxyMetricsTest, ExposesTheDocumentedFamilies) {
   m.ControlShard().Inc(m.consistency_waits.At(ConsistencyStrategy::kQuorum));
 
   EXPECT_EQ(m.ClientConnections(), 2);
-  EXPECT_EQ(m.BackendConnections(), (std::vector<int64_t>{0, 1, 0}));
+  const std::vector<int64_t> backends = m.BackendConnections();
+  ASSERT_EQ(backends.size(), config::kMaxNodes);
+  EXPECT_EQ(std::vector<int64_t>(backends.begin(), backends.begin() + 4),
+            (std::vector<int64_t>{0, 1, 0, 0}));
   const std::string text = m.registry().Render();
   for (const char* line : {
            "pgrelay_client_connections 2",
