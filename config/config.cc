@@ -74,6 +74,18 @@ std::string_view ToString(Route r) {
   return "unknown";
 }
 
+std::string_view ToString(TlsMode m) {
+  switch (m) {
+    case TlsMode::kDisable:
+      return "disable";
+    case TlsMode::kAllow:
+      return "allow";
+    case TlsMode::kRequire:
+      return "require";
+  }
+  return "unknown";
+}
+
 std::string_view ToString(FailoverMode m) {
   switch (m) {
     case FailoverMode::kOff:

@@ -50,6 +50,7 @@ enum class LogLevel { kDebug, kInfo, kWarning, kError };
 enum class LoadBalance { kRoundRobin, kLeastConnections, kRandom };
 enum class Route { kPrimary, kReplica };
 enum class FailoverMode { kOff, kManual, kAuto };
+enum class TlsMode { kDisable, kAllow, kRequire };
 
 std::string_view ToString(AuthMethod m);  // "scram-sha-256" | "md5" | "trust"
 std::string_view ToString(Strategy s);    // "leader" | "follower" | "read-your-writes" | "quorum"
@@ -58,6 +59,7 @@ std::string_view ToString(LoadBalance b);   // "round_robin" | "least_connection
                                             // "debug" | "info" | "warning" | "error"
 std::string_view ToString(Route r);         // "primary" | "replica"
 std::string_view ToString(FailoverMode m);  // "off" | "manual" | "auto"
+std::string_view ToString(TlsMode m);       // "disable" | "allow" | "require"
 
 // Credentials pgrelay uses toward the PostgreSQL nodes.
 struct BackendCredentials {
@@ -110,6 +112,17 @@ struct FailoverConfig {
   std::chrono::milliseconds hook_timeout{30000};
 
   bool operator==(const FailoverConfig&) const = default;
+};
+
+// tls: TLS toward clients. disable: SSLRequest answered 'N'; allow: TLS for clients that ask;
+// require: clients that do not use TLS are refused (28000). The files are PEM; relative paths
+// are relative to the config file; they are read at start-up and on every reload.
+struct TlsConfig {
+  TlsMode mode = TlsMode::kDisable;  // default: allow when cert_file and key_file are set
+  std::string cert_file;             // certificate chain, server certificate first
+  std::string key_file;
+
+  bool operator==(const TlsConfig&) const = default;
 };
 
 // An ordered routing rule (routing.rules): the first rule whose regular expression matches
@@ -177,6 +190,7 @@ struct Config {
   // Bearer token the admin endpoints that change state require (admin.token / admin.token_env);
   // empty = none, allowed only with a loopback admin_listen. Never log it.
   std::string admin_token;
+  TlsConfig tls;
   Limits limits;
   HealthConfig health;
   FailoverConfig failover;

@@ -227,6 +227,7 @@ class Loader {
   void ReadLimits(const Entry& e);
   void ReadHealth(const Entry& e);
   void ReadFailover(const Entry& e);
+  void ReadTls(const Entry& e);
   void ReadAdmin(const Entry& e);
   void ReadRouting(const Entry& e);
   void ReadStrategyOverrides(const Entry& e);
@@ -491,6 +492,7 @@ void Loader::ReadRoot(const YAML::Node& root) {
           {"limits", [&](const Entry& e) { ReadLimits(e); }},
           {"health", [&](const Entry& e) { ReadHealth(e); }},
           {"failover", [&](const Entry& e) { ReadFailover(e); }},
+          {"tls", [&](const Entry& e) { ReadTls(e); }},
           {"log",
            [&](const Entry& e) {
              VisitMap(e.value, e.path, e.line,
@@ -526,6 +528,45 @@ void Loader::ReadRoot(const YAML::Node& root) {
               " is not a loopback address and no admin token is set: anyone who reaches it could "
               "use the admin endpoints. Set admin.token or admin.token_env, or listen on "
               "127.0.0.1 or [::1]");
+  }
+}
+
+// tls: {mode, cert_file, key_file}
+void Loader::ReadTls(const Entry& e) {
+  TlsConfig& tls = config_.tls;
+  std::optional<TlsMode> mode;
+  auto read_file = [&](const Entry& f, std::string* out) {
+    const std::optional<std::string> path = ReadString(f);
+    if (!path) return;
+    std::filesystem::path file(*path);
+    if (file.is_relative() && !base_dir_.empty()) file = base_dir_ / file;
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(file, ec)) {
+      Error(f, "no such file: " + file.string());
+      return;
+    }
+    *out = file.string();
+  };
+  const auto seen =
+      VisitMap(e.value, e.path, e.line,
+               {
+                   {"mode",
+                    [&](const Entry& f) {
+                      mode = ReadEnum(f, {TlsMode::kDisable, TlsMode::kAllow, TlsMode::kRequire});
+                    }},
+                   {"cert_file", [&](const Entry& f) { read_file(f, &tls.cert_file); }},
+                   {"key_file", [&](const Entry& f) { read_file(f, &tls.key_file); }},
+               });
+  if (!seen) return;
+  const bool has_cert = seen->contains("cert_file"), has_key = seen->contains("key_file");
+  if (has_cert != has_key) {
+    Error(e.path + (has_cert ? ".key_file" : ".cert_file"), e.line,
+          "missing; TLS needs both cert_file and key_file");
+  }
+  tls.mode = mode.value_or(has_cert && has_key ? TlsMode::kAllow : TlsMode::kDisable);
+  if (tls.mode != TlsMode::kDisable && !(has_cert && has_key)) {
+    Error(e.path + ".mode", e.line,
+          "tls.mode " + std::string(ToString(tls.mode)) + " needs cert_file and key_file");
   }
 }
 

@@ -17,16 +17,16 @@ constexpr uint32_t kMaxLoginMessage = 1 << 20;
 }  // namespace
 
 BackendConnection::BackendConnection(const asio::any_io_executor& executor, BufferPool* pool)
-    : socket_(executor), buffer_(pool) {}
+    : transport_(tcp::socket(executor)), buffer_(pool) {}
 
 awaitable<bool> BackendConnection::Login(const BackendLoginParams& params) {
   node_name_ = params.node_name;
   host_ = params.host;
   port_ = params.port;
-  Watchdog watchdog(socket_.get_executor());
+  Watchdog watchdog(transport_.get_executor());
   watchdog.Arm(params.timeout, [this] {
     error_code ignored;
-    socket_.close(ignored);
+    transport_.socket().close(ignored);
   });
   bool ok = co_await LoginSteps(params);
   watchdog.Disarm();
@@ -42,13 +42,13 @@ awaitable<bool> BackendConnection::Login(const BackendLoginParams& params) {
 awaitable<bool> BackendConnection::LoginSteps(const BackendLoginParams& p) {
   const std::string where =
       "node " + p.node_name + " (" + p.host + ":" + std::to_string(p.port) + ")";
-  tcp::resolver resolver(socket_.get_executor());
+  tcp::resolver resolver(transport_.get_executor());
   const std::string port = std::to_string(p.port);
   auto [rec, endpoints] = co_await resolver.async_resolve(p.host, port, kNoThrow);
   if (rec) co_return Fail("could not resolve " + where + ": " + rec.message());
-  auto [cec, ep] = co_await asio::async_connect(socket_, endpoints, kNoThrow);
+  auto [cec, ep] = co_await asio::async_connect(transport_.socket(), endpoints, kNoThrow);
   if (cec) co_return Fail("could not connect to " + where + ": " + cec.message());
-  socket_.set_option(tcp::no_delay(true));
+  transport_.socket().set_option(tcp::no_delay(true));
 
   std::string out;
   protocol::MessageWriter w(&out);
@@ -57,7 +57,7 @@ awaitable<bool> BackendConnection::LoginSteps(const BackendLoginParams& p) {
   for (const auto& [k, v] : p.options) w.CString(k).CString(v);
   w.Byte('\0').End();
 
-  WireStream stream(socket_, buffer_);
+  WireStream stream(transport_, buffer_);
   if (co_await stream.Write(out)) co_return Fail("could not send start-up to " + where);
   std::optional<protocol::ScramClient> scram;
   for (;;) {

@@ -10,6 +10,7 @@
 
 #include "proxy/asio_common.h"
 #include "proxy/buffer_pool.h"
+#include "proxy/transport.h"
 
 namespace pgrelay::proxy {
 
@@ -32,7 +33,8 @@ class BackendConnection {
   // own ErrorResponse message (to relay to the client as is) or error_message says what failed.
   awaitable<bool> Login(const BackendLoginParams& params);
 
-  tcp::socket& socket() { return socket_; }
+  tcp::socket& socket() { return transport_.socket(); }
+  Transport& transport() { return transport_; }
   IoBuffer& buffer() { return buffer_; }
   const std::string& node_name() const { return node_name_; }
   const std::string& host() const { return host_; }
@@ -51,7 +53,7 @@ class BackendConnection {
     return false;
   }
 
-  tcp::socket socket_;
+  Transport transport_;
   IoBuffer buffer_;
   std::string node_name_;
   std::string host_;

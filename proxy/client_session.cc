@@ -47,9 +47,10 @@ ClientSession::ClientSession(tcp::socket socket, ServerContext& context, WorkerC
       self_(std::make_shared<ClientSession*>(this)),
       lsn_timer_(client_.get_executor()) {
   backends_.resize(config::kMaxNodes);  // one per node slot: never reallocated
-  peer_ = PeerName(client_);
+  peer_ = PeerName(client_.socket());
+  peer_address_ = peer_.substr(0, peer_.rfind(':'));
   error_code ignored;
-  client_.set_option(tcp::no_delay(true), ignored);
+  client_.socket().set_option(tcp::no_delay(true), ignored);
 }
 
 ClientSession::~ClientSession() {
@@ -62,7 +63,7 @@ ClientSession::~ClientSession() {
 
 void ClientSession::CloseAll() {
   error_code ignored;
-  client_.close(ignored);
+  client_.Close();
   lsn_timer_.cancel();
   for (auto& b : backends_) {
     if (b) b->conn->socket().close(ignored);
@@ -157,8 +158,28 @@ awaitable<bool> ClientSession::StartupSteps() {
     packet = protocol::ParseStartupPacket(body);
     using Kind = protocol::StartupPacket::Kind;
     if (packet.kind == Kind::kSslRequest && !ssl_answered) {
-      ssl_answered = true;  // TLS is not offered yet: the client goes on in plain text
-      if (co_await client_stream_.Write("N")) co_return false;
+      ssl_answered = true;
+      std::shared_ptr<const ServerTls> tls = ctx_.tls.load(std::memory_order_acquire);
+      if (tls == nullptr) {  // tls.mode disable: the client goes on in plain text (or gives up)
+        if (co_await client_stream_.Write("N")) co_return false;
+        continue;
+      }
+      // Bytes sent after the SSLRequest but before the handshake would count as if they had
+      // come through TLS (CVE-2021-23214): refuse them, as PostgreSQL does.
+      client_stream_.ConsumeLast();
+      if (!client_buf_.Unconsumed().empty()) {
+        co_await SendFatal(sqlstate::kProtocolViolation,
+                           "received unencrypted data after SSL request");
+        co_return false;
+      }
+      if (co_await client_stream_.Write("S")) co_return false;
+      const error_code ec = co_await client_.Handshake(std::move(tls));
+      if (ec) {
+        CountRejected(sqlstate::kProtocolViolation);
+        PGRELAY_LOG(kWarning, "session",
+                    "client " << peer_ << ": TLS handshake failed: " << ec.message());
+        co_return false;
+      }
       continue;
     }
     if (packet.kind == Kind::kGssEncRequest && !gss_answered) {
@@ -179,6 +200,16 @@ awaitable<bool> ClientSession::StartupSteps() {
     break;
   }
 
+  if (!client_.tls()) {
+    std::shared_ptr<const ServerTls> tls = ctx_.tls.load(std::memory_order_acquire);
+    if (tls != nullptr && tls->mode == config::TlsMode::kRequire) {
+      PGRELAY_LOG(kWarning, "session", "client " << peer_ << " refused: not using TLS");
+      co_await SendFatal(sqlstate::kInvalidAuthorization,
+                         "pgrelay accepts only TLS connections (tls.mode: require)",
+                         "Connect with sslmode=require, verify-ca or verify-full.");
+      co_return false;
+    }
+  }
   const int major = packet.protocol >> 16;
   const int minor = packet.protocol & 0xffff;
   if (major != 3) {
@@ -271,6 +302,7 @@ awaitable<bool> ClientSession::Authenticate() {
       break;
   }
   if (!ok) co_return false;
+  if (config_->auth != config::AuthMethod::kTrust) ctx_.auth_throttle->OnSuccess(peer_address_);
   scratch_.clear();
   protocol::AppendAuthRequest(&scratch_, protocol::kAuthOk);
   co_return !co_await client_stream_.Write(scratch_);
@@ -279,7 +311,11 @@ awaitable<bool> ClientSession::Authenticate() {
 awaitable<bool> ClientSession::AuthenticateScram(const AuthDirectory::User* user) {
   scratch_.clear();
   using namespace std::string_view_literals;
-  protocol::AppendAuthRequest(&scratch_, protocol::kAuthSasl, "SCRAM-SHA-256\0\0"sv);
+  // Over TLS, SCRAM-SHA-256-PLUS (channel binding) first, as PostgreSQL lists them.
+  const ServerTls* tls = client_.server_tls();
+  protocol::AppendAuthRequest(
+      &scratch_, protocol::kAuthSasl,
+      tls ? "SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"sv : "SCRAM-SHA-256\0\0"sv);
   if (co_await client_stream_.Write(scratch_)) co_return false;
 
   char type = 0;
@@ -295,12 +331,14 @@ awaitable<bool> ClientSession::AuthenticateScram(const AuthDirectory::User* user
     co_await SendFatal(sqlstate::kProtocolViolation, "expected SASL response");
     co_return false;
   }
-  if (mechanism != protocol::kScramMechanism) {
+  const bool plus = tls != nullptr && mechanism == protocol::kScramPlusMechanism;
+  if (mechanism != protocol::kScramMechanism && !plus) {
     co_await SendFatal(sqlstate::kProtocolViolation,
                        "client selected an invalid SASL authentication mechanism");
     co_return false;
   }
   protocol::ScramServer server(user ? &user->scram : nullptr);
+  if (tls != nullptr) server.SetChannelBinding(plus, tls->end_point_hash);
   std::string reply;
   protocol::ScramStatus st = server.HandleClientFirst(data, &reply);
   if (st == protocol::ScramStatus::kOk) {
@@ -320,16 +358,29 @@ awaitable<bool> ClientSession::AuthenticateScram(const AuthDirectory::User* user
     co_return false;
   }
   if (st != protocol::ScramStatus::kOk) {
-    PGRELAY_LOG(kWarning, "auth",
-                "client " << peer_ << ": password authentication failed for user \"" << user_
-                          << "\"" << (user ? "" : " (unknown user)"));
-    const std::string message = "password authentication failed for user \"" + user_ + "\"";
-    co_await SendFatal(sqlstate::kInvalidPassword, message);
+    co_await FailPassword(user != nullptr);
     co_return false;
   }
   scratch_.clear();
   protocol::AppendAuthRequest(&scratch_, protocol::kAuthSaslFinal, reply);
   co_return !co_await client_stream_.Write(scratch_);
+}
+
+awaitable<void> ClientSession::FailPassword(bool known_user) {
+  const AuthThrottle::Failure f =
+      ctx_.auth_throttle->OnFailure(peer_address_, AuthThrottle::Clock::now());
+  // Stay well inside limits.startup_timeout, which would close the connection silently.
+  const auto delay =
+      std::min<std::chrono::milliseconds>(f.delay, config_->limits.startup_timeout / 2);
+  PGRELAY_LOG(kWarning, "auth",
+              "client " << peer_ << ": password authentication failed for user \"" << user_ << "\""
+                        << (known_user ? "" : " (unknown user)") << "; failure " << f.in_a_row
+                        << " in a row from " << peer_address_ << ", answered after "
+                        << delay.count() << " ms");
+  asio::steady_timer wait(client_.get_executor(), delay);
+  co_await wait.async_wait(kNoThrow);
+  const std::string message = "password authentication failed for user \"" + user_ + "\"";
+  co_await SendFatal(sqlstate::kInvalidPassword, message);
 }
 
 awaitable<bool> ClientSession::AuthenticateMd5(const AuthDirectory::User* user) {
@@ -348,11 +399,7 @@ awaitable<bool> ClientSession::AuthenticateMd5(const AuthDirectory::User* user) 
     co_return false;
   }
   if (user == nullptr || !protocol::Md5Verify(user_, user->password, salt, response)) {
-    PGRELAY_LOG(kWarning, "auth",
-                "client " << peer_ << ": password authentication failed for user \"" << user_
-                          << "\"" << (user ? "" : " (unknown user)"));
-    const std::string message = "password authentication failed for user \"" + user_ + "\"";
-    co_await SendFatal(sqlstate::kInvalidPassword, message);
+    co_await FailPassword(user != nullptr);
     co_return false;
   }
   co_return true;

@@ -25,6 +25,7 @@
 #include "proxy/server_context.h"
 #include "proxy/session_state.h"
 #include "proxy/signal.h"
+#include "proxy/transport.h"
 #include "proxy/wire_stream.h"
 #include "proxy/worker_context.h"
 #include "routing/router.h"
@@ -208,6 +209,8 @@ class ClientSession {
   // Between transactions: takes the worker's newer config (after a reload), with the strategy
   // it gives this session.
   void AdoptConfig();
+  // A wrong password (or unknown user): log, wait the AuthThrottle delay, send 28P01.
+  awaitable<void> FailPassword(bool known_user);
 
   ServerContext& ctx_;
   // The config this session runs with: the worker's newest at start, adopted again at each
@@ -215,10 +218,11 @@ class ClientSession {
   std::shared_ptr<const config::Config> config_;
   std::shared_ptr<const AuthDirectory> auth_;  // the users as of the session's login
   WorkerContext& worker_;
-  tcp::socket client_;
+  Transport client_;  // plain TCP, or TLS after an SSLRequest
   IoBuffer client_buf_;
   WireStream client_stream_;
   std::string peer_;
+  std::string peer_address_;  // the client's IP address, without the port (AuthThrottle)
   std::string user_;
   std::string database_;
   std::vector<std::pair<std::string, std::string>> forwarded_params_;

@@ -123,6 +123,13 @@ int main(int argc, char** argv) {
   }
   auto result = pgrelay::config::LoadConfigFile(config_path);
   if (!result.errors.empty()) return PrintErrors(config_path, result);
+  std::string tls_error;
+  const std::shared_ptr<const pgrelay::proxy::ServerTls> tls =
+      pgrelay::proxy::MakeServerTls(result.config->tls, &tls_error);
+  if (!tls_error.empty()) {
+    std::fprintf(stderr, "%s: %s\n", config_path.c_str(), tls_error.c_str());
+    return 1;
+  }
   if (check_only) {
     for (const std::string& w : result.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
     std::printf("%s: configuration is valid\n", config_path.c_str());
@@ -163,7 +170,7 @@ int main(int argc, char** argv) {
   };
   pgrelay::admin::AdminServer admin(admin_options, admin_sources);
   reload = std::make_unique<pgrelay::proxy::ReloadController>(
-      config_path, result.config,
+      config_path, result.config, tls,
       pgrelay::proxy::ReloadController::Parts{&monitor, &catalog, &lsn, &metrics, &admin});
   try {
     admin.Start();
@@ -177,6 +184,7 @@ int main(int argc, char** argv) {
   {
     const auto config_now = reload->Current();
     pgrelay::proxy::Server server(config_now, &monitor, &catalog, &lsn, &metrics, &pause);
+    server.SetTls(tls);
     server.OnSighup([&reload] { reload->Reload(); });
     reload->SetServer(&server, config_now);
     rc = server.Run();

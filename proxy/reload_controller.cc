@@ -22,15 +22,15 @@ std::string Lines(const std::vector<std::string>& items, const char* prefix) {
 }  // namespace
 
 ReloadController::ReloadController(std::string path, std::shared_ptr<const config::Config> running,
-                                   Parts parts)
-    : path_(std::move(path)), parts_(parts), running_(std::move(running)) {}
+                                   std::shared_ptr<const ServerTls> tls, Parts parts)
+    : path_(std::move(path)), parts_(parts), running_(std::move(running)), tls_(std::move(tls)) {}
 
 void ReloadController::SetServer(Server* server,
                                  const std::shared_ptr<const config::Config>& built_with) {
   std::lock_guard lock(mu_);
   server_ = server;
   if (server_ != nullptr && built_with != nullptr && built_with != running_) {
-    server_->Reconfigure(running_, true);
+    server_->Reconfigure(running_, true, tls_);
   }
 }
 
@@ -63,6 +63,9 @@ ReloadController::Outcome ReloadController::Reload() {
   const config::ReloadPlan plan =
       config::PlanReload(*running_, *loaded.config, primary ? primary->name : std::string());
   if (!plan.errors.empty()) return fail(Lines(plan.errors, "  "));
+  std::string tls_error;
+  std::shared_ptr<const ServerTls> tls = MakeServerTls(plan.config->tls, &tls_error);
+  if (!tls_error.empty()) return fail("  " + tls_error + "\n");
 
   // Apply: the monitor first (it publishes the new node slots), then everything that routes.
   const std::shared_ptr<const config::Config>& next = plan.config;
@@ -76,8 +79,9 @@ ReloadController::Outcome ReloadController::Reload() {
   parts_.catalog->Reconfigure(next);
   parts_.metrics->Reconfigure(*next);
   if (parts_.admin != nullptr) parts_.admin->SetToken(next->admin_token);
-  if (server_ != nullptr) server_->Reconfigure(next, plan.users_changed);
+  if (server_ != nullptr) server_->Reconfigure(next, plan.users_changed, tls);
   running_ = next;
+  tls_ = std::move(tls);
   shard.Inc(parts_.metrics->config_reloads.At(admin::ReloadResult::kSuccess));
 
   std::string report;

@@ -15,6 +15,7 @@
 #include "health/monitor.h"
 #include "proxy/admin/admin_server.h"
 #include "proxy/admin/proxy_metrics.h"
+#include "proxy/server_tls.h"
 
 namespace pgrelay::proxy {
 
@@ -34,7 +35,8 @@ class ReloadController {
     std::string report;  // for the operator: the errors, or what changed (no secrets)
   };
 
-  ReloadController(std::string path, std::shared_ptr<const config::Config> running, Parts parts);
+  ReloadController(std::string path, std::shared_ptr<const config::Config> running,
+                   std::shared_ptr<const ServerTls> tls, Parts parts);
 
   // The server that takes reloads (nullptr once it is gone); `built_with` is the config it was
   // constructed with: if a reload came meanwhile, the server gets the newer one now.
@@ -47,6 +49,7 @@ class ReloadController {
   const Parts parts_;
   mutable std::mutex mu_;  // one reload at a time; guards running_ and server_
   std::shared_ptr<const config::Config> running_;
+  std::shared_ptr<const ServerTls> tls_;  // built from running_ (certificates re-read on reload)
   Server* server_ = nullptr;
 };
 

@@ -108,6 +108,7 @@ struct Server::Impl {
   std::shared_ptr<const config::Config> config;
   health::Monitor* monitor;
   CancelRegistry cancels;
+  AuthThrottle auth_throttle;
   ServerContext context;
   asio::io_context main_io{1};
   std::vector<std::unique_ptr<Worker>> workers;
@@ -129,6 +130,7 @@ struct Server::Impl {
     context.catalog = f;
     context.auth.store(std::make_shared<const AuthDirectory>(*config));
     context.cancels = &cancels;
+    context.auth_throttle = &auth_throttle;
   }
 
   awaitable<void> Accept(tcp::acceptor& acceptor) {
@@ -168,8 +170,14 @@ Server::~Server() = default;
 
 void Server::OnSighup(std::function<void()> handler) { impl_->on_sighup = std::move(handler); }
 
-void Server::Reconfigure(std::shared_ptr<const config::Config> config, bool users_changed) {
+void Server::SetTls(std::shared_ptr<const ServerTls> tls) {
+  impl_->context.tls.store(std::move(tls), std::memory_order_release);
+}
+
+void Server::Reconfigure(std::shared_ptr<const config::Config> config, bool users_changed,
+                         std::shared_ptr<const ServerTls> tls) {
   Impl& s = *impl_;
+  SetTls(std::move(tls));
   if (users_changed) s.context.auth.store(std::make_shared<const AuthDirectory>(*config));
   std::lock_guard lock(s.workers_mu);
   s.config = config;

@@ -11,6 +11,7 @@
 #include "health/monitor.h"
 #include "proxy/admin/proxy_metrics.h"
 #include "proxy/pause_gate.h"
+#include "proxy/server_tls.h"
 
 namespace pgrelay::proxy {
 
@@ -29,7 +30,10 @@ class Server {
   // Config reload (any thread): new logins use the new users (if `users_changed`); each worker
   // takes `config` for its router and classifier at once and its sessions at their next
   // transaction boundary.
-  void Reconfigure(std::shared_ptr<const config::Config> config, bool users_changed);
+  void Reconfigure(std::shared_ptr<const config::Config> config, bool users_changed,
+                   std::shared_ptr<const ServerTls> tls);
+  // TLS toward clients from now on (nullptr: none). Thread-safe.
+  void SetTls(std::shared_ptr<const ServerTls> tls);
 
  private:
   struct Impl;

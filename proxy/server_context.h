@@ -13,8 +13,10 @@
 #include "health/monitor.h"
 #include "proxy/admin/proxy_metrics.h"
 #include "proxy/auth_directory.h"
+#include "proxy/auth_throttle.h"
 #include "proxy/cancel_registry.h"
 #include "proxy/pause_gate.h"
+#include "proxy/server_tls.h"
 
 namespace pgrelay::proxy {
 
@@ -27,7 +29,11 @@ struct ServerContext {
   // Replaced by a config reload that changes the users; a session keeps the one it logged in
   // with. Loaded once per login.
   std::atomic<std::shared_ptr<const AuthDirectory>> auth;
+  // TLS toward clients (nullptr: tls.mode disable); replaced by a reload (certificates are read
+  // again). A session keeps the one its handshake used.
+  std::atomic<std::shared_ptr<const ServerTls>> tls;
   CancelRegistry* cancels = nullptr;
+  AuthThrottle* auth_throttle = nullptr;
   std::atomic<int> client_connections{0};
 };
 

@@ -119,8 +119,7 @@ awaitable<bool> ClientSession::ClientPump() {
     if (idle_limit.count() > 0) {
       using namespace asio::experimental::awaitable_operators;
       idle_timer.expires_after(idle_limit);
-      auto r =
-          co_await (client_.async_read_some(buffer, kNoThrow) || idle_timer.async_wait(kNoThrow));
+      auto r = co_await (client_.ReadSome(buffer) || idle_timer.async_wait(kNoThrow));
       if (r.index() == 1) {
         if (tx_status_ == 'I' && !ending_) {
           co_await SendFatal(sqlstate::kIdleSessionTimeout,
@@ -134,7 +133,7 @@ awaitable<bool> ClientSession::ClientPump() {
       client_buf_.Commit(n);
       worker_.metrics->Inc(ctx_.metrics->client_bytes_received.At(), n);
     } else {
-      auto [ec, n] = co_await client_.async_read_some(buffer, kNoThrow);
+      auto [ec, n] = co_await client_.ReadSome(buffer);
       if (ec) co_return false;
       client_buf_.Commit(n);
       worker_.metrics->Inc(ctx_.metrics->client_bytes_received.At(), n);
@@ -601,7 +600,7 @@ awaitable<void> ClientSession::WaitCurrentDone() {
 awaitable<bool> ClientSession::WriteToClient(const std::vector<asio::const_buffer>& buffers) {
   while (client_writing_) co_await client_write_free_.Wait();
   client_writing_ = true;
-  auto [ec, n] = co_await asio::async_write(client_, buffers, kNoThrow);
+  auto [ec, n] = co_await client_.Write(buffers);
   worker_.metrics->Inc(ctx_.metrics->client_bytes_sent.At(), n);
   client_writing_ = false;
   client_write_free_.Notify();

@@ -1,7 +1,5 @@
 #include "proxy/wire_stream.h"
 
-#include <boost/asio/write.hpp>
-
 #include "proxy/protocol/messages.h"
 
 namespace pgrelay::proxy {
@@ -9,8 +7,8 @@ namespace pgrelay::proxy {
 awaitable<bool> WireStream::Fill(size_t total) {
   while (buffer_.Unconsumed().size() < total) {
     buffer_.MakeRoom(total);
-    auto [ec, n] = co_await socket_.async_read_some(
-        asio::buffer(buffer_.WritePtr(), buffer_.WritableSize()), kNoThrow);
+    const asio::mutable_buffer space(buffer_.WritePtr(), buffer_.WritableSize());
+    auto [ec, n] = co_await transport_.ReadSome(space);
     if (ec) co_return false;
     buffer_.Commit(n);
   }
@@ -45,7 +43,8 @@ awaitable<ReadStatus> WireStream::ReadMessage(char* type, std::string_view* body
 }
 
 awaitable<error_code> WireStream::Write(std::string_view bytes) {
-  auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(bytes), kNoThrow);
+  const asio::const_buffer data(bytes.data(), bytes.size());
+  auto [ec, n] = co_await transport_.Write(data);
   co_return ec;
 }
 

@@ -1,4 +1,4 @@
-// Reads whole messages from one socket through an IoBuffer, for the phases where pgrelay itself
+// Reads whole messages from one connection through an IoBuffer, for the phases where pgrelay itself
 // talks to a peer (client start-up and authentication, backend login). The relay streams with
 // FrameScanner instead. Owned by one session; not thread-safe.
 #pragma once
@@ -7,6 +7,7 @@
 
 #include "proxy/asio_common.h"
 #include "proxy/buffer_pool.h"
+#include "proxy/transport.h"
 
 namespace pgrelay::proxy {
 
@@ -14,7 +15,7 @@ enum class ReadStatus { kOk, kClosed, kBadLength, kTooLarge };
 
 class WireStream {
  public:
-  WireStream(tcp::socket& socket, IoBuffer& buffer) : socket_(socket), buffer_(buffer) {}
+  WireStream(Transport& transport, IoBuffer& buffer) : transport_(transport), buffer_(buffer) {}
 
   // An untyped start-up packet; *body excludes the length word. Lengths outside
   // [8, max_length] are kBadLength.
@@ -31,7 +32,7 @@ class WireStream {
  private:
   awaitable<bool> Fill(size_t total);
 
-  tcp::socket& socket_;
+  Transport& transport_;
   IoBuffer& buffer_;
   size_t last_size_ = 0;
 };

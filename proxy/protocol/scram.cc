@@ -154,6 +154,12 @@ ScramServer::ScramServer(const ScramSecret* secret, std::string server_nonce)
   if (server_nonce_.empty()) server_nonce_ = NewNonce();
 }
 
+void ScramServer::SetChannelBinding(bool plus, std::string end_point_hash) {
+  tls_ = true;
+  plus_ = plus;
+  cbind_data_ = std::move(end_point_hash);
+}
+
 ScramStatus ScramServer::HandleClientFirst(std::string_view client_first,
                                            std::string* server_first) {
   // Every handler runs once, in order; any failure or misordered call ends the exchange.
@@ -163,7 +169,15 @@ ScramStatus ScramServer::HandleClientFirst(std::string_view client_first,
   size_t comma1 = client_first.find(',');
   if (comma1 == std::string_view::npos) return ScramStatus::kMalformed;
   std::string_view cbind_flag = client_first.substr(0, comma1);
-  if (cbind_flag != "n" && cbind_flag != "y") return ScramStatus::kMalformed;  // "p=" refused
+  if (plus_) {
+    // SCRAM-SHA-256-PLUS: the client must bind, to the one type pgrelay supports.
+    if (cbind_flag != "p=" + std::string(kChannelBindingType)) return ScramStatus::kMalformed;
+  } else if (cbind_flag == "y") {
+    if (tls_) return ScramStatus::kMalformed;  // PLUS was offered: a downgrade
+  } else if (cbind_flag != "n") {
+    return ScramStatus::kMalformed;  // "p=" without choosing PLUS
+  }
+  if (!plus_) cbind_data_.clear();  // binding data goes into c= only when the client binds
   size_t comma2 = client_first.find(',', comma1 + 1);
   if (comma2 != comma1 + 1) return ScramStatus::kMalformed;  // authzid unsupported (as in PG)
   std::string_view bare = client_first.substr(comma2 + 1);
@@ -204,7 +218,7 @@ ScramStatus ScramServer::HandleClientFinal(std::string_view client_final,
   for (size_t i = 2; i + 1 < fields.size(); ++i) {
     if (!IsExtension(fields[i])) return ScramStatus::kMalformed;
   }
-  if (binding != Base64Encode(gs2_header_) || nonce != combined_nonce_) {
+  if (binding != Base64Encode(gs2_header_ + cbind_data_) || nonce != combined_nonce_) {
     return ScramStatus::kMalformed;
   }
   std::optional<Sha256Digest> proof = DecodeDigest(proof_b64);

@@ -12,6 +12,9 @@
 namespace pgrelay::protocol {
 
 inline constexpr std::string_view kScramMechanism = "SCRAM-SHA-256";
+// With channel binding (RFC 5929 tls-server-end-point), offered over TLS only.
+inline constexpr std::string_view kScramPlusMechanism = "SCRAM-SHA-256-PLUS";
+inline constexpr std::string_view kChannelBindingType = "tls-server-end-point";
 inline constexpr int kScramDefaultIterations = 4096;
 
 // What the server stores for a user (as in pg_authid.rolpassword).
@@ -39,8 +42,13 @@ enum class ScramStatus {
 class ScramServer {
  public:
   explicit ScramServer(const ScramSecret* secret, std::string server_nonce = {});
-  // client-first-message ("n,,n=,r=<nonce>"; "y,," accepted; "p=" refused as kMalformed
-  // since pgrelay offers no channel binding yet). On kOk, *server_first is set.
+  // Over TLS (before HandleClientFirst): `end_point_hash` is the tls-server-end-point data of
+  // pgrelay's certificate, and `plus` whether the client chose SCRAM-SHA-256-PLUS. Then "p="
+  // must come with PLUS and bind to that hash, and "y,," (the client thinks the server cannot
+  // bind, though it offered PLUS: a downgrade) is refused.
+  void SetChannelBinding(bool plus, std::string end_point_hash);
+  // client-first-message ("n,,n=,r=<nonce>"; "y,," accepted without TLS; "p=tls-server-end-point"
+  // only as set by SetChannelBinding). On kOk, *server_first is set.
   ScramStatus HandleClientFirst(std::string_view client_first, std::string* server_first);
   // client-final-message. On kOk, *server_final ("v=...") is set.
   ScramStatus HandleClientFinal(std::string_view client_final, std::string* server_final);
@@ -55,6 +63,9 @@ class ScramServer {
   std::string server_first_;
   std::string combined_nonce_;
   std::string gs2_header_;
+  bool tls_ = false;        // SetChannelBinding was called: PLUS was offered
+  bool plus_ = false;       // the client chose SCRAM-SHA-256-PLUS
+  std::string cbind_data_;  // tls-server-end-point hash, when the client binds
 };
 
 // Client side of one exchange (pgrelay logging in to a PostgreSQL node).

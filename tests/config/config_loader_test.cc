@@ -1,8 +1,8 @@
 #include "config/config_loader.h"
 
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -714,8 +714,7 @@ TEST(ConfigRoutingTest, ClassifierKeys) {
   EXPECT_EQ(c.routing.rules[1].route, Route::kPrimary);
   EXPECT_EQ(c.routing.side_effect_free_functions,
             (std::vector<std::string>{"pg_catalog.random", "my_schema.pure_lookup"}));
-  EXPECT_EQ(c.routing.primary_functions,
-            (std::vector<std::string>{"nextval", "audit.log_event"}));
+  EXPECT_EQ(c.routing.primary_functions, (std::vector<std::string>{"nextval", "audit.log_event"}));
   EXPECT_EQ(c.routing.classifier_cache_size, 500u);
 }
 
@@ -734,8 +733,8 @@ TEST(ConfigRoutingTest, ClassifierDefaults) {
   EXPECT_TRUE(has(c.routing.primary_functions, "pg_advisory_lock"));
   EXPECT_TRUE(has(c.routing.primary_functions, "txid_current"));
   // Empty lists are allowed and replace the defaults.
-  const Config empty = MustLoad(std::string(kBase) +
-                                "routing: {side_effect_free_functions: [], primary_functions: []}\n");
+  const Config empty = MustLoad(
+      std::string(kBase) + "routing: {side_effect_free_functions: [], primary_functions: []}\n");
   EXPECT_TRUE(empty.routing.side_effect_free_functions.empty());
   EXPECT_TRUE(empty.routing.primary_functions.empty());
   // The example file documents the defaults.
@@ -864,6 +863,45 @@ TEST(ConfigRoutingTest, StrategyOverrideNeedsAMatcherAndAStrategy) {
   ASSERT_EQ(r.errors.size(), 2u);
   EXPECT_EQ(r.errors[0].key, "routing.overrides[0]");
   EXPECT_EQ(r.errors[1].key, "routing.overrides[1].strategy");
+}
+
+}  // namespace
+}  // namespace pgrelay::config
+
+namespace pgrelay::config {
+namespace {
+
+TEST(ConfigTlsTest, ModeDefaultsFromTheFiles) {
+  EXPECT_EQ(MustLoad(kBase).tls.mode, TlsMode::kDisable);
+  const std::string dir = ::testing::TempDir();
+  const std::string cert = dir + "/tls_test.crt", key = dir + "/tls_test.key";
+  std::ofstream(cert) << "x";
+  std::ofstream(key) << "x";
+  const Config c =
+      MustLoad(std::string(kBase) + "tls: {cert_file: " + cert + ", key_file: " + key + "}\n");
+  EXPECT_EQ(c.tls.mode, TlsMode::kAllow);
+  EXPECT_EQ(c.tls.cert_file, cert);
+  EXPECT_EQ(MustLoad(std::string(kBase) + "tls: {mode: require, cert_file: " + cert +
+                     ", key_file: " + key + "}\n")
+                .tls.mode,
+            TlsMode::kRequire);
+}
+
+TEST(ConfigTlsTest, Problems) {
+  const std::string dir = ::testing::TempDir();
+  const std::string cert = dir + "/tls_test2.crt";
+  std::ofstream(cert) << "x";
+  LoadResult r = LoadConfigString(std::string(kBase) + "tls: {mode: require}\n");
+  ASSERT_EQ(r.errors.size(), 1u) << AllErrors(r);
+  EXPECT_NE(r.errors[0].message.find("needs cert_file and key_file"), std::string::npos);
+  r = LoadConfigString(std::string(kBase) + "tls: {cert_file: " + cert + "}\n");
+  ASSERT_FALSE(r.errors.empty());
+  EXPECT_EQ(r.errors[0].key, "tls.key_file") << AllErrors(r);
+  r = LoadConfigString(std::string(kBase) + "tls: {cert_file: " + cert +
+                       ", key_file: /nonexistent/key.pem, mode: sometimes}\n");
+  const std::string all = AllErrors(r);
+  EXPECT_NE(all.find("no such file: /nonexistent/key.pem"), std::string::npos) << all;
+  EXPECT_NE(all.find("tls.mode"), std::string::npos) << all;
 }
 
 }  // namespace

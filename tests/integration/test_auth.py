@@ -166,3 +166,40 @@ def test_backend_credentials_wrong_password(make_pgrelay):
         relay.connect()
     assert "md5user" in str(info.value) or "authentication" in str(info.value), info.value
     relay.check_alive()
+
+
+# ---- Repeated failures are slowed down -------------------------------------------------------
+
+
+@pgrelay_only
+def test_repeated_failures_are_slowed_down(make_pgrelay):
+    """Consecutive wrong passwords from one address are answered later and later (50 ms,
+    doubling, at most 2 s); other clients are not held up; a good login clears the count."""
+    import threading
+    import time
+
+    relay = make_pgrelay()
+
+    def failed_login() -> float:
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            relay.connect(user="app", password="guess")
+        return time.monotonic() - started
+
+    delays = [failed_login() for _ in range(6)]  # answered after 50, 100, ..., 1600 ms
+    assert delays[-1] >= 1.5, delays
+    assert delays[-1] > delays[0] + 1.0, delays
+    # While a failing login waits (2 s now), a good login is served at once.
+    slow = threading.Thread(target=failed_login)
+    slow.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    with relay.connect() as conn:
+        conn.execute("SELECT 1")
+    assert time.monotonic() - started < 1.0
+    slow.join()
+    # The good login cleared the count: the next failure is quick again.
+    assert failed_login() < 1.0
+    log = relay.log_tail()
+    assert "failure 7 in a row from 127.0.0.1, answered after 2000 ms" in log, log[-2000:]
+    relay.assert_healthy()

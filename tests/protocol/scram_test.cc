@@ -117,6 +117,75 @@ TEST(ScramTest, ChannelBindingFlagY) {
             ScramStatus::kAuthFailed);
 }
 
+// The client-final-message of a client that binds to `cbind_data` with gs2 header `gs2`,
+// computed here from the RFC 5802 definitions (ScramClient itself never binds).
+std::string BoundClientFinal(const std::string& gs2, const std::string& cbind_data,
+                             const std::string& client_first_bare,
+                             const std::string& server_first) {
+  const std::string nonce = server_first.substr(2, server_first.find(',') - 2);
+  const std::string without_proof = "c=" + Base64Encode(gs2 + cbind_data) + ",r=" + nonce;
+  const Sha256Digest salted = Pbkdf2HmacSha256(kRfcPassword, Base64Decode(kRfcSalt).value(), 4096);
+  const Sha256Digest client_key = HmacSha256(AsView(salted), "Client Key");
+  const Sha256Digest stored_key = Sha256(AsView(client_key));
+  const std::string auth_message = client_first_bare + "," + server_first + "," + without_proof;
+  const Sha256Digest signature = HmacSha256(AsView(stored_key), auth_message);
+  Sha256Digest proof;
+  for (size_t i = 0; i < proof.size(); ++i) proof[i] = client_key[i] ^ signature[i];
+  return without_proof + ",p=" + Base64Encode(AsView(proof));
+}
+
+TEST(ScramTest, ChannelBindingPlus) {
+  const ScramSecret secret = RfcSecret();
+  const std::string hash(32, '\x42');  // the certificate's tls-server-end-point hash
+  const std::string gs2 = "p=tls-server-end-point,,";
+  std::string first, final_message;
+  {
+    ScramServer server(&secret, "srv");
+    server.SetChannelBinding(/*plus=*/true, hash);
+    ASSERT_EQ(server.HandleClientFirst(gs2 + "n=,r=cli", &first), ScramStatus::kOk);
+    EXPECT_EQ(
+        server.HandleClientFinal(BoundClientFinal(gs2, hash, "n=,r=cli", first), &final_message),
+        ScramStatus::kOk);
+  }
+  {  // bound to another certificate (a man in the middle terminating TLS): refused
+    ScramServer server(&secret, "srv");
+    server.SetChannelBinding(true, hash);
+    ASSERT_EQ(server.HandleClientFirst(gs2 + "n=,r=cli", &first), ScramStatus::kOk);
+    EXPECT_EQ(
+        server.HandleClientFinal(BoundClientFinal(gs2, std::string(32, '\x43'), "n=,r=cli", first),
+                                 &final_message),
+        ScramStatus::kMalformed);
+  }
+  {  // PLUS chosen, but the client does not bind
+    ScramServer server(&secret, "srv");
+    server.SetChannelBinding(true, hash);
+    EXPECT_EQ(server.HandleClientFirst("n,,n=,r=cli", &first), ScramStatus::kMalformed);
+  }
+  {  // PLUS with an unsupported binding type
+    ScramServer server(&secret, "srv");
+    server.SetChannelBinding(true, hash);
+    EXPECT_EQ(server.HandleClientFirst("p=tls-unique,,n=,r=cli", &first), ScramStatus::kMalformed);
+  }
+  {  // over TLS, plain SCRAM-SHA-256 without binding is fine...
+    ScramServer server(&secret, "srv");
+    server.SetChannelBinding(false, hash);
+    ASSERT_EQ(server.HandleClientFirst("n,,n=,r=cli", &first), ScramStatus::kOk);
+    EXPECT_EQ(
+        server.HandleClientFinal(BoundClientFinal("n,,", "", "n=,r=cli", first), &final_message),
+        ScramStatus::kOk);
+  }
+  {  // ...but "y" (client thinks the server cannot bind although PLUS was offered) is a downgrade
+    ScramServer server(&secret, "srv");
+    server.SetChannelBinding(false, hash);
+    EXPECT_EQ(server.HandleClientFirst("y,,n=,r=cli", &first), ScramStatus::kMalformed);
+  }
+  {  // and binding without choosing PLUS is refused
+    ScramServer server(&secret, "srv");
+    server.SetChannelBinding(false, hash);
+    EXPECT_EQ(server.HandleClientFirst(gs2 + "n=,r=cli", &first), ScramStatus::kMalformed);
+  }
+}
+
 TEST(ScramTest, ServerRejectsMalformedClientFirst) {
   ScramSecret secret = RfcSecret();
   const std::string kBad[] = {

@@ -1,0 +1,27 @@
+// The TLS side of pgrelay toward clients: an OpenSSL server context built from the tls: section
+// (TLS 1.2 minimum, PostgreSQL's default cipher list), and the tls-server-end-point channel
+// binding data of its certificate (SCRAM-SHA-256-PLUS). Built at start-up and on each reload;
+// immutable afterwards, shared by every session that negotiates TLS while it is current.
+#pragma once
+
+#include <boost/asio/ssl/context.hpp>
+#include <memory>
+#include <string>
+
+#include "config/config.h"
+
+namespace pgrelay::proxy {
+
+struct ServerTls {
+  boost::asio::ssl::context context{boost::asio::ssl::context::tls_server};
+  config::TlsMode mode = config::TlsMode::kDisable;
+  // RFC 5929 tls-server-end-point: the certificate's hash with its signature's digest
+  // (SHA-256 for MD5 / SHA-1 signatures).
+  std::string end_point_hash;
+};
+
+// nullptr with *error set (no secret in it) if the files cannot be used; nullptr without an
+// error when tls.mode is disable.
+std::shared_ptr<const ServerTls> MakeServerTls(const config::TlsConfig& tls, std::string* error);
+
+}  // namespace pgrelay::proxy

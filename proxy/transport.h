@@ -1,0 +1,51 @@
+// One connection's byte stream: a TCP socket, upgraded in place to TLS when the client asks
+// for it (SSLRequest) and pgrelay offers it. Start-up, login and the relay read and write
+// through it without caring which; the plain path costs one branch per operation. Owned by one
+// session; not thread-safe.
+#pragma once
+
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/write.hpp>
+#include <memory>
+#include <tuple>
+
+#include "proxy/asio_common.h"
+#include "proxy/server_tls.h"
+
+namespace pgrelay::proxy {
+
+class Transport {
+ public:
+  explicit Transport(tcp::socket socket) : socket_(std::move(socket)) {}
+
+  asio::any_io_executor get_executor() { return socket_.get_executor(); }
+  // The TCP socket, under TLS or not (options, addresses, close).
+  tcp::socket& socket() { return tls_ ? tls_->next_layer() : socket_; }
+  bool tls() const { return tls_ != nullptr; }
+  // The TLS settings the handshake used (channel binding data); nullptr without TLS.
+  const ServerTls* server_tls() const { return server_tls_.get(); }
+
+  // The server side of the TLS handshake; the error if it failed (then close the connection).
+  awaitable<error_code> Handshake(std::shared_ptr<const ServerTls> server_tls);
+
+  awaitable<std::tuple<error_code, size_t>> ReadSome(asio::mutable_buffer buffer) {
+    return tls_ ? tls_->async_read_some(buffer, kNoThrow)
+                : socket_.async_read_some(buffer, kNoThrow);
+  }
+  template <typename ConstBufferSequence>
+  awaitable<std::tuple<error_code, size_t>> Write(const ConstBufferSequence& buffers) {
+    return tls_ ? asio::async_write(*tls_, buffers, kNoThrow)
+                : asio::async_write(socket_, buffers, kNoThrow);
+  }
+  void Close() {
+    error_code ignored;
+    socket().close(ignored);
+  }
+
+ private:
+  tcp::socket socket_;  // moved into tls_ by Handshake
+  std::shared_ptr<const ServerTls> server_tls_;
+  std::unique_ptr<asio::ssl::stream<tcp::socket>> tls_;
+};
+
+}  // namespace pgrelay::proxy
