@@ -1,7 +1,10 @@
 # Shared set-up of the pgbench benchmarks (sourced, not run): the release build, the local
 # cluster, pgbench tables at scale 10, and pgrelay instances per strategy.
 #   bench_args "$@"                 sets clients, seconds, rounds, mode from the command line
-#   bench_setup                     builds, starts the cluster, initializes pgbench; sets $work
+#                                   (--no-build: as PGRELAY_BENCH_NO_BUILD=1)
+#   bench_setup                     builds, starts the cluster, initializes pgbench; sets $work.
+#                                   PGRELAY_BENCH_NO_BUILD=1 skips the build when the binary exists
+#                                   (e.g. while sources are being edited)
 #   start_relay STRATEGY [YAML...]  starts pgrelay; sets relay_port and relay_admin_port (extra
 #                                   YAML lines appended)
 # Everything started is stopped on exit.
@@ -10,7 +13,7 @@ bin=$root/build/release/proxy/pgrelay
 pids=()
 work=""
 
-bench_args() {  # --clients N --seconds N --rounds N --mode simple|extended|prepared
+bench_args() {  # --clients N --seconds N --rounds N --mode simple|extended|prepared --no-build
   clients=8 seconds=10 rounds=2 mode=simple
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -18,6 +21,7 @@ bench_args() {  # --clients N --seconds N --rounds N --mode simple|extended|prep
       --seconds) seconds=$2; shift 2 ;;
       --rounds) rounds=$2; shift 2 ;;
       --mode) mode=$2; shift 2 ;;
+      --no-build) PGRELAY_BENCH_NO_BUILD=1; shift ;;
       *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
   done
@@ -34,7 +38,11 @@ free_port() {
 
 bench_setup() {
   cd "$root"
-  scripts/build.sh release >/dev/null
+  if [ "${PGRELAY_BENCH_NO_BUILD:-0}" = 1 ] && [ -x "$bin" ]; then
+    echo "bench: not building (PGRELAY_BENCH_NO_BUILD=1); using $bin" >&2
+  else
+    scripts/build.sh release >/dev/null
+  fi
   cluster_dir=${PGRELAY_CLUSTER_DIR:-/tmp/pgrelay-cluster}
   scripts/cluster.sh start --dir "$cluster_dir" >/dev/null
   # shellcheck disable=SC1091
