@@ -86,6 +86,22 @@ std::string_view ToString(TlsMode m) {
   return "unknown";
 }
 
+std::string_view ToString(BackendTlsMode m) {
+  switch (m) {
+    case BackendTlsMode::kDisable:
+      return "disable";
+    case BackendTlsMode::kPrefer:
+      return "prefer";
+    case BackendTlsMode::kRequire:
+      return "require";
+    case BackendTlsMode::kVerifyCa:
+      return "verify-ca";
+    case BackendTlsMode::kVerifyFull:
+      return "verify-full";
+  }
+  return "unknown";
+}
+
 std::string_view ToString(FailoverMode m) {
   switch (m) {
     case FailoverMode::kOff:

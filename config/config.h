@@ -51,6 +51,8 @@ enum class LoadBalance { kRoundRobin, kLeastConnections, kRandom };
 enum class Route { kPrimary, kReplica };
 enum class FailoverMode { kOff, kManual, kAuto };
 enum class TlsMode { kDisable, kAllow, kRequire };
+// backend.tls, with libpq's sslmode meanings.
+enum class BackendTlsMode { kDisable, kPrefer, kRequire, kVerifyCa, kVerifyFull };
 
 std::string_view ToString(AuthMethod m);  // "scram-sha-256" | "md5" | "trust"
 std::string_view ToString(Strategy s);    // "leader" | "follower" | "read-your-writes" | "quorum"
@@ -60,6 +62,8 @@ std::string_view ToString(LoadBalance b);   // "round_robin" | "least_connection
 std::string_view ToString(Route r);         // "primary" | "replica"
 std::string_view ToString(FailoverMode m);  // "off" | "manual" | "auto"
 std::string_view ToString(TlsMode m);       // "disable" | "allow" | "require"
+// "disable" | "prefer" | "require" | "verify-ca" | "verify-full"
+std::string_view ToString(BackendTlsMode m);
 
 // Credentials pgrelay uses toward the PostgreSQL nodes.
 struct BackendCredentials {
@@ -125,6 +129,17 @@ struct TlsConfig {
   bool operator==(const TlsConfig&) const = default;
 };
 
+// backend.tls / ca_file / cert_file / key_file: TLS from pgrelay to the nodes, for the
+// sessions' connections and the health, LSN and catalog probes (libpq) alike.
+struct BackendTlsConfig {
+  BackendTlsMode mode = BackendTlsMode::kPrefer;  // libpq's default
+  std::string ca_file;    // verify-ca / verify-full: the CA the nodes' certificates chain to
+  std::string cert_file;  // optional client certificate (with key_file)
+  std::string key_file;
+
+  bool operator==(const BackendTlsConfig&) const = default;
+};
+
 // An ordered routing rule (routing.rules): the first rule whose regular expression matches
 // anywhere in a statement's SQL text sends it to `route`, unless a comment hint in the statement
 // says otherwise. Boost.Regex Perl syntax; a leading (?i) makes it case-insensitive.
@@ -184,6 +199,7 @@ struct Config {
   std::vector<UserConfig> users;
   AuthMethod auth = AuthMethod::kScramSha256;
   std::optional<BackendCredentials> backend;  // unset: each client's own credentials
+  BackendTlsConfig backend_tls;
   Strategy strategy = Strategy::kLeader;
   RoutingConfig routing;
   Endpoint admin_listen{"127.0.0.1", 9187};

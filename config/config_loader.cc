@@ -228,6 +228,7 @@ class Loader {
   void ReadHealth(const Entry& e);
   void ReadFailover(const Entry& e);
   void ReadTls(const Entry& e);
+  void ReadExistingFile(const Entry& f, std::string* out);
   void ReadAdmin(const Entry& e);
   void ReadRouting(const Entry& e);
   void ReadStrategyOverrides(const Entry& e);
@@ -531,22 +532,24 @@ void Loader::ReadRoot(const YAML::Node& root) {
   }
 }
 
+// A path to a file that exists (relative paths are relative to the config file).
+void Loader::ReadExistingFile(const Entry& f, std::string* out) {
+  const std::optional<std::string> path = ReadString(f);
+  if (!path) return;
+  std::filesystem::path file(*path);
+  if (file.is_relative() && !base_dir_.empty()) file = base_dir_ / file;
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(file, ec)) {
+    Error(f, "no such file: " + file.string());
+    return;
+  }
+  *out = file.string();
+}
+
 // tls: {mode, cert_file, key_file}
 void Loader::ReadTls(const Entry& e) {
   TlsConfig& tls = config_.tls;
   std::optional<TlsMode> mode;
-  auto read_file = [&](const Entry& f, std::string* out) {
-    const std::optional<std::string> path = ReadString(f);
-    if (!path) return;
-    std::filesystem::path file(*path);
-    if (file.is_relative() && !base_dir_.empty()) file = base_dir_ / file;
-    std::error_code ec;
-    if (!std::filesystem::is_regular_file(file, ec)) {
-      Error(f, "no such file: " + file.string());
-      return;
-    }
-    *out = file.string();
-  };
   const auto seen =
       VisitMap(e.value, e.path, e.line,
                {
@@ -554,8 +557,8 @@ void Loader::ReadTls(const Entry& e) {
                     [&](const Entry& f) {
                       mode = ReadEnum(f, {TlsMode::kDisable, TlsMode::kAllow, TlsMode::kRequire});
                     }},
-                   {"cert_file", [&](const Entry& f) { read_file(f, &tls.cert_file); }},
-                   {"key_file", [&](const Entry& f) { read_file(f, &tls.key_file); }},
+                   {"cert_file", [&](const Entry& f) { ReadExistingFile(f, &tls.cert_file); }},
+                   {"key_file", [&](const Entry& f) { ReadExistingFile(f, &tls.key_file); }},
                });
   if (!seen) return;
   const bool has_cert = seen->contains("cert_file"), has_key = seen->contains("key_file");
@@ -699,6 +702,7 @@ void Loader::ReadBackend(const Entry& e) {
   if (e.value.IsNull()) return;  // `backend:` with nothing below: unset
   BackendCredentials backend;
   PasswordSource password;
+  BackendTlsConfig& tls = config_.backend_tls;
   auto read_password = [&](const Entry& f) { ReadPassword(f, &password); };
   const auto seen =
       VisitMap(e.value, e.path, e.line,
@@ -707,8 +711,30 @@ void Loader::ReadBackend(const Entry& e) {
                    {"password", read_password},
                    {"password_env", read_password},
                    {"password_file", read_password},
+                   {"tls",
+                    [&](const Entry& f) {
+                      Set(ReadEnum(f, {BackendTlsMode::kDisable, BackendTlsMode::kPrefer,
+                                       BackendTlsMode::kRequire, BackendTlsMode::kVerifyCa,
+                                       BackendTlsMode::kVerifyFull}),
+                          &tls.mode);
+                    }},
+                   {"ca_file", [&](const Entry& f) { ReadExistingFile(f, &tls.ca_file); }},
+                   {"cert_file", [&](const Entry& f) { ReadExistingFile(f, &tls.cert_file); }},
+                   {"key_file", [&](const Entry& f) { ReadExistingFile(f, &tls.key_file); }},
                });
   if (!seen) return;
+  if ((tls.mode == BackendTlsMode::kVerifyCa || tls.mode == BackendTlsMode::kVerifyFull) &&
+      !seen->contains("ca_file")) {
+    Error(e.path + ".ca_file", e.line,
+          "missing; backend.tls " + std::string(ToString(tls.mode)) +
+              " verifies the nodes' certificates against this CA file");
+  }
+  if (seen->contains("cert_file") != seen->contains("key_file")) {
+    Error(e.path + (seen->contains("cert_file") ? ".key_file" : ".cert_file"), e.line,
+          "missing; a client certificate needs both cert_file and key_file");
+  }
+  const bool credentials = seen->contains("user") || password.count > 0;
+  if (!credentials) return;  // only TLS settings: each client's own credentials
   if (!seen->contains("user")) {
     Error(e.path + ".user", e.line, "missing; the user pgrelay logs in to the nodes as");
   }

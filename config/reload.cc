@@ -111,6 +111,9 @@ ReloadPlan PlanReload(const Config& running, const Config& loaded, std::string_v
   Note(&plan.changes, "backend credentials (new backend connections)", running.backend,
        loaded.backend);
   Note(&plan.changes, "admin.token", running.admin_token, loaded.admin_token);
+  Note(&plan.changes, "tls (client side)", running.tls, loaded.tls);
+  Note(&plan.changes, "backend TLS (new node connections and probes)", running.backend_tls,
+       loaded.backend_tls);
   Note(&plan.changes, "limits (new sessions)", running.limits, loaded.limits);
   if (loaded.health.interval != running.health.interval ||
       loaded.health.timeout != running.health.timeout ||

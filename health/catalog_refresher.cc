@@ -95,7 +95,15 @@ bool CatalogRefresher::LoadOnce() {
     const std::string conninfo =
         "host=" + Quote(primary->host) + " port=" + std::to_string(primary->port) +
         " user=" + Quote(creds.user) + " password=" + Quote(creds.password) +
-        " dbname=" + Quote(database) + " application_name='pgrelay-catalog'";
+        " dbname=" + Quote(database) + " application_name='pgrelay-catalog'" +
+        " sslmode=" + Quote(std::string(config::ToString(config->backend_tls.mode))) +
+        (config->backend_tls.ca_file.empty()
+             ? ""
+             : " sslrootcert=" + Quote(config->backend_tls.ca_file)) +
+        (config->backend_tls.cert_file.empty()
+             ? ""
+             : " sslcert=" + Quote(config->backend_tls.cert_file) +
+                   " sslkey=" + Quote(config->backend_tls.key_file));
     FunctionCatalogLoad one = LoadFunctionEntries(conninfo, config->health.timeout);
     if (!one.ok()) {
       // That database keeps what the built-ins say (unknown functions count as volatile).

@@ -1,9 +1,9 @@
 #include "health/failover.h"
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <utility>
@@ -27,8 +27,8 @@ constexpr auto kStreamWait = std::chrono::seconds(15);
 PgConnectParams ControlParams(const config::Config& config, const NodeStatus& node) {
   const config::BackendCredentials creds =
       config.failover.control ? *config.failover.control : config.MonitorCredentials();
-  return NodeConnectParams(node.host, node.port, creds.user, creds.password,
-                           config.health.database, "pgrelay-failover");
+  return NodeConnectParams(node.host, node.port, creds.user, creds.password, config.health.database,
+                           "pgrelay-failover", config.backend_tls);
 }
 
 std::string Literal(std::string_view v) {
@@ -110,8 +110,8 @@ std::optional<PromotionPlan> PlanPromotion(const Topology& t, int recorded,
 }
 
 asio::awaitable<PromotionResult> Promote(const asio::any_io_executor& executor,
-                                         const config::Config& config,
-                                         const NodeStatus& candidate, FailoverCancel& cancel) {
+                                         const config::Config& config, const NodeStatus& candidate,
+                                         FailoverCancel& cancel) {
   PromotionResult result;
   const Clock::time_point deadline = Clock::now() + config.failover.promote_timeout;
   PgConnection conn(executor);
@@ -172,9 +172,9 @@ asio::awaitable<PromotionResult> Promote(const asio::any_io_executor& executor,
   co_return result;
 }
 
-asio::awaitable<std::string> Repoint(const asio::any_io_executor& executor, const config::Config& config,
-                                     const NodeStatus& primary, const NodeStatus& replica,
-                                     FailoverCancel& cancel) {
+asio::awaitable<std::string> Repoint(const asio::any_io_executor& executor,
+                                     const config::Config& config, const NodeStatus& primary,
+                                     const NodeStatus& replica, FailoverCancel& cancel) {
   const Clock::time_point deadline = Clock::now() + config.failover.promote_timeout;
   PgConnection conn(executor);
   Registered registered(cancel, &conn);
@@ -199,15 +199,17 @@ asio::awaitable<std::string> Repoint(const asio::any_io_executor& executor, cons
     }
     const std::string sql = "SELECT pg_create_physical_replication_slot(" + Literal(slot) +
                             ") WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE "
-                            "slot_name = " + Literal(slot) + ")";
+                            "slot_name = " +
+                            Literal(slot) + ")";
     PgResult ignored;
     if (!co_await p.Query(sql.c_str(), deadline, &ignored)) {
       co_return "creating replication slot " + slot + " on " + primary.name + ": " + p.error();
     }
   }
   const std::string conninfo = RewriteConninfo(Cell(settings, 0), primary.host, primary.port);
-  PGRELAY_LOG(kDebug, "failover", "slot ready; primary_conninfo of " << replica.name << " -> "
-                                      << primary.host << ":" << primary.port);
+  PGRELAY_LOG(kDebug, "failover",
+              "slot ready; primary_conninfo of " << replica.name << " -> " << primary.host << ":"
+                                                 << primary.port);
   const std::string alter = "ALTER SYSTEM SET primary_conninfo = " + Literal(conninfo);
   PgResult ignored;
   bool ok = co_await conn.Query(alter.c_str(), deadline, &ignored);
@@ -225,8 +227,9 @@ asio::awaitable<std::string> Repoint(const asio::any_io_executor& executor, cons
     if (answered && Cell(r, 0) == "streaming" && Cell(r, 1) == port) co_return std::string();
     co_await Sleep(executor, std::chrono::milliseconds(100));
   }
-  co_return replica.name + " does not stream from " + primary.name + " yet (re-pointed; its WAL "
-         "receiver keeps retrying)";
+  co_return replica.name + " does not stream from " + primary.name +
+      " yet (re-pointed; its WAL "
+      "receiver keeps retrying)";
 }
 
 std::vector<std::pair<std::string, std::string>> PromotionHookValues(const NodeStatus& failed,

@@ -120,7 +120,7 @@ class LsnTracker::Impl {
   PgConnectParams ParamsFor(const NodeStatus& node) const {
     const config::BackendCredentials creds = config_->MonitorCredentials();
     return NodeConnectParams(node.host, node.port, creds.user, creds.password,
-                             config_->health.database, "pgrelay-lsn");
+                             config_->health.database, "pgrelay-lsn", config_->backend_tls);
   }
 
   // Runs `sql` on `conn` against `node`, (re)connecting as needed; the answer's LSN or 0.

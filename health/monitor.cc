@@ -151,8 +151,9 @@ void Monitor::Impl::AddNode(const config::NodeConfig& node) {
   const config::BackendCredentials creds = config_->MonitorCredentials();
   const HealthThresholds thresholds{config_->health.failure_threshold,
                                     config_->health.recovery_threshold};
-  PgConnectParams params = NodeConnectParams(node.host, node.port, creds.user, creds.password,
-                                             config_->health.database, "pgrelay-health");
+  PgConnectParams params =
+      NodeConnectParams(node.host, node.port, creds.user, creds.password, config_->health.database,
+                        "pgrelay-health", config_->backend_tls);
   auto n = std::make_unique<Node>(Node{node, nullptr, NodeState(thresholds)});
   n->probe = std::make_unique<NodeProbe>(io_.get_executor(), std::move(params));
   nodes_.push_back(std::move(n));
@@ -182,8 +183,9 @@ void Monitor::Impl::Apply(std::shared_ptr<const config::Config> next) {
       continue;
     }
     if (c.removed) continue;
-    PgConnectParams params = NodeConnectParams(c.host, c.port, creds.user, creds.password,
-                                               config_->health.database, "pgrelay-health");
+    PgConnectParams params =
+        NodeConnectParams(c.host, c.port, creds.user, creds.password, config_->health.database,
+                          "pgrelay-health", config_->backend_tls);
     if (was_removed) {
       // Back in the configuration: a fresh probe (the cancelled one may still be ending) and a
       // fresh state (down until it answers).
@@ -700,7 +702,7 @@ asio::awaitable<bool> Monitor::Impl::DrainPrimary(const NodeStatus& primary) {
   const config::BackendCredentials creds = config->MonitorCredentials();
   const PgConnectParams params =
       NodeConnectParams(primary.host, primary.port, creds.user, creds.password,
-                        config->health.database, "pgrelay-failover");
+                        config->health.database, "pgrelay-failover", config->backend_tls);
   PgConnection conn(executor);
   if (!co_await conn.Connect(params, deadline)) co_return false;
   asio::steady_timer timer(executor);

@@ -103,15 +103,22 @@ asio::awaitable<bool> PgConnection::Connect(const PgConnectParams& params,
   if (cancelled_) co_return Fail("cancelled", false);
   const std::string port = std::to_string(params.port);
   // connect_timeout is ignored by PQconnectPoll; the deadline covers the whole connect.
-  const char* const keys[] = {"host", "port", "user", "password", "dbname", "application_name",
-                              nullptr};
-  const char* const values[] = {params.host.c_str(),
-                                port.c_str(),
-                                params.user.c_str(),
-                                params.password.c_str(),
-                                params.dbname.c_str(),
-                                params.application_name.c_str(),
-                                nullptr};
+  const char* keys[11] = {"host", "port", "user", "password", "dbname", "application_name"};
+  const char* values[11] = {params.host.c_str(),   port.c_str(),
+                            params.user.c_str(),   params.password.c_str(),
+                            params.dbname.c_str(), params.application_name.c_str()};
+  size_t n = 6;
+  auto add = [&](const char* key, const std::string& value) {
+    if (value.empty()) return;
+    keys[n] = key;
+    values[n++] = value.c_str();
+  };
+  add("sslmode", params.sslmode);
+  add("sslrootcert", params.sslrootcert);
+  add("sslcert", params.sslcert);
+  add("sslkey", params.sslkey);
+  keys[n] = nullptr;
+  values[n] = nullptr;
   conn_ = PQconnectStartParams(keys, values, /*expand_dbname=*/0);
   if (conn_ == nullptr) co_return Fail("out of memory allocating a libpq connection", false);
   if (PQstatus(conn_) == CONNECTION_BAD) co_return Fail(FirstLine(PQerrorMessage(conn_)), true);

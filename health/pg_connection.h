@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "config/config.h"
 #include "health/probe_sample.h"
 
 namespace pgrelay::health {
@@ -26,6 +27,11 @@ struct PgConnectParams {
   std::string password;  // empty: libpq's usual fallbacks (PGPASSWORD, ~/.pgpass)
   std::string dbname;
   std::string application_name = "pgrelay-health";
+  // libpq's sslmode, sslrootcert, sslcert, sslkey (config backend.tls); empty = libpq default.
+  std::string sslmode;
+  std::string sslrootcert;
+  std::string sslcert;
+  std::string sslkey;
 
   bool operator==(const PgConnectParams&) const = default;
 };
@@ -38,8 +44,13 @@ struct PgResult {
 // The parameters of pgrelay's own connections to a node (health and LSN probes, failover).
 inline PgConnectParams NodeConnectParams(const std::string& host, uint16_t port,
                                          const std::string& user, const std::string& password,
-                                         const std::string& dbname, const char* application_name) {
+                                         const std::string& dbname, const char* application_name,
+                                         const config::BackendTlsConfig& tls) {
   PgConnectParams p;
+  p.sslmode = std::string(config::ToString(tls.mode));
+  p.sslrootcert = tls.ca_file;
+  p.sslcert = tls.cert_file;
+  p.sslkey = tls.key_file;
   p.host = host;
   p.port = port;
   p.user = user;

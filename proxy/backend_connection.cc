@@ -1,6 +1,8 @@
 #include "proxy/backend_connection.h"
 
 #include <boost/asio/connect.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
 #include <memory>
 #include <optional>
 
@@ -39,6 +41,33 @@ awaitable<bool> BackendConnection::Login(const BackendLoginParams& params) {
   co_return ok;
 }
 
+awaitable<bool> BackendConnection::StartTls(const BackendLoginParams& p, const std::string& where) {
+  const std::string mode(config::ToString(p.tls->mode));
+  std::string request;
+  protocol::MessageWriter(&request).Begin(0).Int32(protocol::kSslRequestCode).End();
+  auto [wec, written] =
+      co_await asio::async_write(transport_.socket(), asio::buffer(request), kNoThrow);
+  if (wec) co_return Fail("could not send SSLRequest to " + where + ": " + wec.message());
+  // Exactly one byte: after 'N' the node waits for the start-up packet in plain text.
+  char answer = 0;
+  auto [rec, n] =
+      co_await asio::async_read(transport_.socket(), asio::buffer(&answer, 1), kNoThrow);
+  if (rec) co_return Fail("connection to " + where + " closed after SSLRequest");
+  if (answer == 'N') {
+    if (p.tls->mode == config::BackendTlsMode::kPrefer) co_return true;  // plain text, as libpq
+    co_return Fail(where + " does not accept TLS (it answered N to SSLRequest; backend.tls is " +
+                   mode + "): set ssl = on on the node, or lower backend.tls");
+  }
+  if (answer != 'S') co_return Fail("unexpected answer to SSLRequest from " + where);
+  std::string detail;
+  const error_code ec = co_await transport_.ClientHandshake(p.tls, p.host, &detail);
+  if (ec) {
+    co_return Fail("TLS handshake with " + where + " failed (backend.tls " + mode +
+                   "): " + (detail.empty() ? ec.message() : detail));
+  }
+  co_return true;
+}
+
 awaitable<bool> BackendConnection::LoginSteps(const BackendLoginParams& p) {
   const std::string where =
       "node " + p.node_name + " (" + p.host + ":" + std::to_string(p.port) + ")";
@@ -49,6 +78,7 @@ awaitable<bool> BackendConnection::LoginSteps(const BackendLoginParams& p) {
   auto [cec, ep] = co_await asio::async_connect(transport_.socket(), endpoints, kNoThrow);
   if (cec) co_return Fail("could not connect to " + where + ": " + cec.message());
   transport_.socket().set_option(tcp::no_delay(true));
+  if (p.tls != nullptr && !co_await StartTls(p, where)) co_return false;
 
   std::string out;
   protocol::MessageWriter w(&out);

@@ -4,12 +4,14 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "proxy/asio_common.h"
 #include "proxy/buffer_pool.h"
+#include "proxy/server_tls.h"
 #include "proxy/transport.h"
 
 namespace pgrelay::proxy {
@@ -23,6 +25,7 @@ struct BackendLoginParams {
   std::string database;
   std::vector<std::pair<std::string, std::string>> options;  // other startup parameters
   std::chrono::milliseconds timeout{5000};
+  std::shared_ptr<const BackendTls> tls;  // backend.tls; nullptr = disable
 };
 
 class BackendConnection {
@@ -48,6 +51,9 @@ class BackendConnection {
 
  private:
   awaitable<bool> LoginSteps(const BackendLoginParams& params);
+  // SSLRequest and, if the node agrees, the TLS handshake; false (with error_message_) if
+  // backend.tls cannot be met.
+  awaitable<bool> StartTls(const BackendLoginParams& params, const std::string& where);
   bool Fail(std::string message) {
     error_message_ = std::move(message);
     return false;

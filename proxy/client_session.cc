@@ -434,6 +434,7 @@ BackendLoginParams ClientSession::LoginParamsFor(const health::NodeStatus& node)
   params.database = database_;
   params.options = forwarded_params_;
   params.timeout = config_->limits.connect_timeout;
+  params.tls = ctx_.backend_tls.load(std::memory_order_acquire);
   return params;
 }
 

@@ -126,6 +126,9 @@ int main(int argc, char** argv) {
   std::string tls_error;
   const std::shared_ptr<const pgrelay::proxy::ServerTls> tls =
       pgrelay::proxy::MakeServerTls(result.config->tls, &tls_error);
+  const std::shared_ptr<const pgrelay::proxy::BackendTls> backend_tls =
+      tls_error.empty() ? pgrelay::proxy::MakeBackendTls(result.config->backend_tls, &tls_error)
+                        : nullptr;
   if (!tls_error.empty()) {
     std::fprintf(stderr, "%s: %s\n", config_path.c_str(), tls_error.c_str());
     return 1;
@@ -170,7 +173,7 @@ int main(int argc, char** argv) {
   };
   pgrelay::admin::AdminServer admin(admin_options, admin_sources);
   reload = std::make_unique<pgrelay::proxy::ReloadController>(
-      config_path, result.config, tls,
+      config_path, result.config, tls, backend_tls,
       pgrelay::proxy::ReloadController::Parts{&monitor, &catalog, &lsn, &metrics, &admin});
   try {
     admin.Start();
@@ -184,7 +187,7 @@ int main(int argc, char** argv) {
   {
     const auto config_now = reload->Current();
     pgrelay::proxy::Server server(config_now, &monitor, &catalog, &lsn, &metrics, &pause);
-    server.SetTls(tls);
+    server.SetTls(tls, backend_tls);
     server.OnSighup([&reload] { reload->Reload(); });
     reload->SetServer(&server, config_now);
     rc = server.Run();

@@ -22,15 +22,20 @@ std::string Lines(const std::vector<std::string>& items, const char* prefix) {
 }  // namespace
 
 ReloadController::ReloadController(std::string path, std::shared_ptr<const config::Config> running,
-                                   std::shared_ptr<const ServerTls> tls, Parts parts)
-    : path_(std::move(path)), parts_(parts), running_(std::move(running)), tls_(std::move(tls)) {}
+                                   std::shared_ptr<const ServerTls> tls,
+                                   std::shared_ptr<const BackendTls> backend_tls, Parts parts)
+    : path_(std::move(path)),
+      parts_(parts),
+      running_(std::move(running)),
+      tls_(std::move(tls)),
+      backend_tls_(std::move(backend_tls)) {}
 
 void ReloadController::SetServer(Server* server,
                                  const std::shared_ptr<const config::Config>& built_with) {
   std::lock_guard lock(mu_);
   server_ = server;
   if (server_ != nullptr && built_with != nullptr && built_with != running_) {
-    server_->Reconfigure(running_, true, tls_);
+    server_->Reconfigure(running_, true, tls_, backend_tls_);
   }
 }
 
@@ -66,6 +71,9 @@ ReloadController::Outcome ReloadController::Reload() {
   std::string tls_error;
   std::shared_ptr<const ServerTls> tls = MakeServerTls(plan.config->tls, &tls_error);
   if (!tls_error.empty()) return fail("  " + tls_error + "\n");
+  std::shared_ptr<const BackendTls> backend_tls =
+      MakeBackendTls(plan.config->backend_tls, &tls_error);
+  if (!tls_error.empty()) return fail("  " + tls_error + "\n");
 
   // Apply: the monitor first (it publishes the new node slots), then everything that routes.
   const std::shared_ptr<const config::Config>& next = plan.config;
@@ -79,9 +87,10 @@ ReloadController::Outcome ReloadController::Reload() {
   parts_.catalog->Reconfigure(next);
   parts_.metrics->Reconfigure(*next);
   if (parts_.admin != nullptr) parts_.admin->SetToken(next->admin_token);
-  if (server_ != nullptr) server_->Reconfigure(next, plan.users_changed, tls);
+  if (server_ != nullptr) server_->Reconfigure(next, plan.users_changed, tls, backend_tls);
   running_ = next;
   tls_ = std::move(tls);
+  backend_tls_ = std::move(backend_tls);
   shard.Inc(parts_.metrics->config_reloads.At(admin::ReloadResult::kSuccess));
 
   std::string report;

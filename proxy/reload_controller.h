@@ -36,7 +36,8 @@ class ReloadController {
   };
 
   ReloadController(std::string path, std::shared_ptr<const config::Config> running,
-                   std::shared_ptr<const ServerTls> tls, Parts parts);
+                   std::shared_ptr<const ServerTls> tls,
+                   std::shared_ptr<const BackendTls> backend_tls, Parts parts);
 
   // The server that takes reloads (nullptr once it is gone); `built_with` is the config it was
   // constructed with: if a reload came meanwhile, the server gets the newer one now.
@@ -50,6 +51,7 @@ class ReloadController {
   mutable std::mutex mu_;  // one reload at a time; guards running_ and server_
   std::shared_ptr<const config::Config> running_;
   std::shared_ptr<const ServerTls> tls_;  // built from running_ (certificates re-read on reload)
+  std::shared_ptr<const BackendTls> backend_tls_;
   Server* server_ = nullptr;
 };
 

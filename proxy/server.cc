@@ -170,14 +170,17 @@ Server::~Server() = default;
 
 void Server::OnSighup(std::function<void()> handler) { impl_->on_sighup = std::move(handler); }
 
-void Server::SetTls(std::shared_ptr<const ServerTls> tls) {
+void Server::SetTls(std::shared_ptr<const ServerTls> tls,
+                    std::shared_ptr<const BackendTls> backend_tls) {
   impl_->context.tls.store(std::move(tls), std::memory_order_release);
+  impl_->context.backend_tls.store(std::move(backend_tls), std::memory_order_release);
 }
 
 void Server::Reconfigure(std::shared_ptr<const config::Config> config, bool users_changed,
-                         std::shared_ptr<const ServerTls> tls) {
+                         std::shared_ptr<const ServerTls> tls,
+                         std::shared_ptr<const BackendTls> backend_tls) {
   Impl& s = *impl_;
-  SetTls(std::move(tls));
+  SetTls(std::move(tls), std::move(backend_tls));
   if (users_changed) s.context.auth.store(std::make_shared<const AuthDirectory>(*config));
   std::lock_guard lock(s.workers_mu);
   s.config = config;

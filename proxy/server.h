@@ -31,9 +31,10 @@ class Server {
   // takes `config` for its router and classifier at once and its sessions at their next
   // transaction boundary.
   void Reconfigure(std::shared_ptr<const config::Config> config, bool users_changed,
-                   std::shared_ptr<const ServerTls> tls);
-  // TLS toward clients from now on (nullptr: none). Thread-safe.
-  void SetTls(std::shared_ptr<const ServerTls> tls);
+                   std::shared_ptr<const ServerTls> tls,
+                   std::shared_ptr<const BackendTls> backend_tls);
+  // TLS toward clients and toward the nodes from now on (nullptr: none). Thread-safe.
+  void SetTls(std::shared_ptr<const ServerTls> tls, std::shared_ptr<const BackendTls> backend_tls);
 
  private:
   struct Impl;

@@ -32,6 +32,8 @@ struct ServerContext {
   // TLS toward clients (nullptr: tls.mode disable); replaced by a reload (certificates are read
   // again). A session keeps the one its handshake used.
   std::atomic<std::shared_ptr<const ServerTls>> tls;
+  // TLS toward the nodes (nullptr: backend.tls disable); replaced by a reload.
+  std::atomic<std::shared_ptr<const BackendTls>> backend_tls;
   CancelRegistry* cancels = nullptr;
   AuthThrottle* auth_throttle = nullptr;
   std::atomic<int> client_connections{0};

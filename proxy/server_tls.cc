@@ -74,4 +74,36 @@ std::shared_ptr<const ServerTls> MakeServerTls(const config::TlsConfig& tls, std
   return out;
 }
 
+std::shared_ptr<const BackendTls> MakeBackendTls(const config::BackendTlsConfig& tls,
+                                                 std::string* error) {
+  if (tls.mode == config::BackendTlsMode::kDisable) return nullptr;
+  auto out = std::make_shared<BackendTls>();
+  out->mode = tls.mode;
+  SSL_CTX* ctx = out->context.native_handle();
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+  ERR_clear_error();
+  if (!tls.ca_file.empty() &&
+      SSL_CTX_load_verify_locations(ctx, tls.ca_file.c_str(), nullptr) != 1) {
+    *error = "backend.ca_file " + tls.ca_file + ": cannot load: " + OpenSslError();
+    return nullptr;
+  }
+  if (!tls.cert_file.empty()) {
+    if (SSL_CTX_use_certificate_chain_file(ctx, tls.cert_file.c_str()) != 1) {
+      *error = "backend.cert_file " + tls.cert_file + ": cannot load: " + OpenSslError();
+      return nullptr;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, tls.key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+      *error = "backend.key_file " + tls.key_file +
+               ": cannot load or does not match cert_file: " + OpenSslError();
+      return nullptr;
+    }
+  }
+  const bool verify = tls.mode == config::BackendTlsMode::kVerifyCa ||
+                      tls.mode == config::BackendTlsMode::kVerifyFull;
+  SSL_CTX_set_verify(ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nullptr);
+  return out;
+}
+
 }  // namespace pgrelay::proxy

@@ -1,4 +1,4 @@
-// The TLS side of pgrelay toward clients: an OpenSSL server context built from the tls: section
+// The TLS sides of pgrelay. Toward clients: an OpenSSL server context built from the tls: section
 // (TLS 1.2 minimum, PostgreSQL's default cipher list), and the tls-server-end-point channel
 // binding data of its certificate (SCRAM-SHA-256-PLUS). Built at start-up and on each reload;
 // immutable afterwards, shared by every session that negotiates TLS while it is current.
@@ -23,5 +23,17 @@ struct ServerTls {
 // nullptr with *error set (no secret in it) if the files cannot be used; nullptr without an
 // error when tls.mode is disable.
 std::shared_ptr<const ServerTls> MakeServerTls(const config::TlsConfig& tls, std::string* error);
+
+// The TLS side of pgrelay toward the nodes (backend.tls): an OpenSSL client context with the CA
+// to verify against (verify-ca, verify-full) and the optional client certificate. Built at
+// start-up and on each reload; immutable afterwards.
+struct BackendTls {
+  boost::asio::ssl::context context{boost::asio::ssl::context::tls_client};
+  config::BackendTlsMode mode = config::BackendTlsMode::kPrefer;
+};
+
+// nullptr with *error set if the files cannot be used; nullptr without an error for disable.
+std::shared_ptr<const BackendTls> MakeBackendTls(const config::BackendTlsConfig& tls,
+                                                 std::string* error);
 
 }  // namespace pgrelay::proxy

@@ -65,7 +65,8 @@ awaitable<void> ClientSession::Relay() {
   protocol::MessageWriter(&terminate).Begin('X').End();
   for (auto& b : backends_) {
     if (b && b->alive && b->conn->socket().is_open()) {
-      co_await asio::async_write(b->conn->socket(), asio::buffer(terminate), kNoThrow);
+      const asio::const_buffer bye(terminate.data(), terminate.size());
+      co_await b->conn->transport().Write(bye);
     }
   }
   CloseAll();
@@ -583,8 +584,8 @@ awaitable<bool> ClientSession::Flush() {
     outbox_.clear();
     co_return !ending_;
   }
-  auto [ec, n] =
-      co_await asio::async_write(current_->conn->socket(), asio::buffer(outbox_), kNoThrow);
+  const asio::const_buffer data(outbox_.data(), outbox_.size());
+  auto [ec, n] = co_await current_->conn->transport().Write(data);
   outbox_.clear();
   // A failed write shows up in the backend's reader as well, which answers the client.
   if (ec) PGRELAY_LOG(kDebug, "session", "client " << peer_ << ": write to backend failed");
@@ -683,7 +684,7 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
   FrameScanner scanner(kMaxBackendMessage);
   for (char t : {'Z', 'E', 'A', 'N', 'S'}) scanner.Inspect(t);
   IoBuffer& in = b->conn->buffer();
-  tcp::socket& socket = b->conn->socket();
+  Transport& from = b->conn->transport();
   std::vector<asio::const_buffer> out;
   out.reserve(16);
   bool forward_current = false;  // decision for the message being streamed
@@ -753,8 +754,8 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
     }
     if (in.Unconsumed().empty()) in.ShrinkIfIdle();
     in.MakeRoom(needed);
-    auto [ec, n] =
-        co_await socket.async_read_some(asio::buffer(in.WritePtr(), in.WritableSize()), kNoThrow);
+    const asio::mutable_buffer space(in.WritePtr(), in.WritableSize());
+    auto [ec, n] = co_await from.ReadSome(space);
     if (ec) {
       if (!ending_) {
         const std::string why = b->dropped != nullptr    ? std::string(b->dropped)

@@ -7,6 +7,7 @@
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/write.hpp>
 #include <memory>
+#include <string>
 #include <tuple>
 
 #include "proxy/asio_common.h"
@@ -27,6 +28,11 @@ class Transport {
 
   // The server side of the TLS handshake; the error if it failed (then close the connection).
   awaitable<error_code> Handshake(std::shared_ptr<const ServerTls> server_tls);
+  // The client side, toward a node at `host` (pgrelay has sent SSLRequest and read 'S'). With
+  // backend.tls verify-full the certificate must name `host`. On failure *detail says why the
+  // certificate was refused, if it was.
+  awaitable<error_code> ClientHandshake(std::shared_ptr<const BackendTls> backend_tls,
+                                        const std::string& host, std::string* detail);
 
   awaitable<std::tuple<error_code, size_t>> ReadSome(asio::mutable_buffer buffer) {
     return tls_ ? tls_->async_read_some(buffer, kNoThrow)
@@ -45,6 +51,7 @@ class Transport {
  private:
   tcp::socket socket_;  // moved into tls_ by Handshake
   std::shared_ptr<const ServerTls> server_tls_;
+  std::shared_ptr<const BackendTls> backend_tls_;  // keeps the client context alive
   std::unique_ptr<asio::ssl::stream<tcp::socket>> tls_;
 };
 

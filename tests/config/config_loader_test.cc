@@ -887,6 +887,29 @@ TEST(ConfigTlsTest, ModeDefaultsFromTheFiles) {
             TlsMode::kRequire);
 }
 
+TEST(ConfigTlsTest, BackendTls) {
+  EXPECT_EQ(MustLoad(kBase).backend_tls.mode, BackendTlsMode::kPrefer);
+  const std::string ca = ::testing::TempDir() + "/tls_test_ca.crt";
+  std::ofstream(ca) << "x";
+  // TLS settings alone leave the credentials unset (each client's own).
+  const Config c =
+      MustLoad(std::string(kBase) + "backend: {tls: verify-full, ca_file: " + ca + "}\n");
+  EXPECT_FALSE(c.backend.has_value());
+  EXPECT_EQ(c.backend_tls.mode, BackendTlsMode::kVerifyFull);
+  EXPECT_EQ(c.backend_tls.ca_file, ca);
+  const Config d = MustLoad(std::string(kBase) + "backend: {user: relay, tls: disable}\n");
+  ASSERT_TRUE(d.backend.has_value());
+  EXPECT_EQ(d.backend->user, "relay");
+  EXPECT_EQ(d.backend_tls.mode, BackendTlsMode::kDisable);
+  LoadResult r = LoadConfigString(std::string(kBase) + "backend: {tls: verify-ca}\n");
+  ASSERT_EQ(r.errors.size(), 1u) << AllErrors(r);
+  EXPECT_EQ(r.errors[0].key, "backend.ca_file");
+  r = LoadConfigString(std::string(kBase) + "backend: {tls: sometimes, cert_file: " + ca + "}\n");
+  const std::string all = AllErrors(r);
+  EXPECT_NE(all.find("backend.tls"), std::string::npos) << all;
+  EXPECT_NE(all.find("backend.key_file"), std::string::npos) << all;
+}
+
 TEST(ConfigTlsTest, Problems) {
   const std::string dir = ::testing::TempDir();
   const std::string cert = dir + "/tls_test2.crt";

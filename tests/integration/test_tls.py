@@ -11,7 +11,9 @@ server certificate for 127.0.0.1 / localhost signed by it, and an unrelated CA).
 
 from __future__ import annotations
 
+import os
 import pathlib
+import re
 import socket
 import struct
 import subprocess
@@ -19,7 +21,7 @@ import subprocess
 import psycopg
 import pytest
 
-from conftest import DIRECT, client_env, merge_config, to_yaml
+from conftest import DIRECT, client_env, merge_config, to_yaml, wait_until
 from test_admin import http
 
 pytestmark = pytest.mark.skipif(DIRECT, reason="tests pgrelay's TLS (PGRELAY_TEST_DIRECT=1)")
@@ -168,3 +170,85 @@ def test_reload_picks_up_a_renewed_certificate(make_pgrelay, certs, tmp_path):
     assert status == 422 and "tls.key_file" in body and "no such file" in body, body
     assert "CN = pgrelay-two" in served_certificate_subject(relay)
     relay.assert_healthy()
+
+
+# ---- TLS toward the nodes (backend.tls) ------------------------------------------------------
+
+
+@pytest.fixture
+def nodes_with_ssl(cluster, certs):
+    """Turns ssl on on every node of the shared cluster (with the test CA's server certificate),
+    and off again afterwards."""
+    import pwd
+    import shutil
+    postgres = pwd.getpwnam("postgres")
+    # The servers run as postgres: the files go where that user can read them (the test's own
+    # temporary directories are private to root).
+    where = pathlib.Path(cluster.dir) / "tls-test"
+    where.mkdir(exist_ok=True)
+    for name in ("pgrelay-one.crt", "pgrelay-one.key"):
+        shutil.copy(certs / name, where / name)
+        os.chown(where / name, postgres.pw_uid, postgres.pw_gid)
+        (where / name).chmod(0o600)
+    os.chown(where, postgres.pw_uid, postgres.pw_gid)
+    settings = {"ssl_cert_file": str(where / "pgrelay-one.crt"),
+                "ssl_key_file": str(where / "pgrelay-one.key")}
+
+    def each_node(statements):
+        for port in (cluster.primary_port, *cluster.replica_ports):
+            with psycopg.connect(host=cluster.host, port=port, user=cluster.superuser, sslmode="disable",
+                                 dbname=cluster.database, autocommit=True) as conn:
+                for sql in statements:
+                    conn.execute(sql)
+                conn.execute("SELECT pg_reload_conf()")
+
+    each_node([f"ALTER SYSTEM SET {k} = '{v}'" for k, v in settings.items()] + ["ALTER SYSTEM SET ssl = on"])
+    try:
+        wait_until(lambda: _ssl_on(cluster), timeout=10, what="ssl = on on every node")
+        yield
+    finally:
+        each_node(["ALTER SYSTEM RESET ssl", "ALTER SYSTEM RESET ssl_cert_file",
+                   "ALTER SYSTEM RESET ssl_key_file"])
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def _ssl_on(cluster) -> bool:
+    for port in (cluster.primary_port, *cluster.replica_ports):
+        try:
+            with psycopg.connect(host=cluster.host, port=port, user=cluster.superuser,
+                                 sslmode="require", dbname=cluster.database, autocommit=True):
+                pass
+        except psycopg.OperationalError:
+            return False
+    return True
+
+
+def test_backend_verify_full(make_pgrelay, cluster, certs, nodes_with_ssl):
+    relay = make_pgrelay({"routing": {"strategy": "follower"},
+                          "backend": {"tls": "verify-full", "ca_file": str(certs / "test-ca.crt")}})
+    with relay.connect(autocommit=True) as conn:
+        # Sessions: the write on the primary and reads on the replicas all run over TLS.
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                            " /* pgrelay:primary */").fetchone() == (True,)
+        for _ in range(6):
+            assert conn.execute("SELECT ssl, pg_is_in_recovery() FROM pg_stat_ssl"
+                                " WHERE pid = pg_backend_pid()").fetchone() == (True, True)
+    # The health probes (libpq) use the same settings.
+    with psycopg.connect(host=cluster.host, port=cluster.primary_port, user=cluster.superuser,
+                         dbname=cluster.database, autocommit=True, sslmode="disable") as direct:
+        rows = direct.execute("SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)"
+                              " WHERE a.application_name = 'pgrelay-health'").fetchall()
+        assert rows and all(r == (True,) for r in rows), rows
+    relay.assert_healthy()
+
+
+def test_backend_wrong_ca_names_the_node(make_pgrelay, cluster, certs, nodes_with_ssl):
+    relay = make_pgrelay({"backend": {"tls": "verify-full", "ca_file": str(certs / "other-ca.crt")}},
+                         wait_ready=False)
+    wait_until(lambda: "certificate verify failed" in relay.log_tail(), timeout=15,
+               what="the health check to report the certificate")
+    log = relay.log_tail()
+    assert re.search(r"node pg1 \(127\.0\.0\.1:\d+\) is down: .*certificate verify failed", log), log[-2000:]
+    with pytest.raises(psycopg.OperationalError):
+        relay.connect()
+    relay.check_alive()
