@@ -116,16 +116,21 @@ awaitable<bool> BackendConnection::LoginSteps(const BackendLoginParams& p) {
             break;
           }
           case protocol::kAuthSasl: {
-            bool has_scram = false;
+            bool has_scram = false, has_plus = false;
             for (std::string_view m = r.CString(); r.ok() && !m.empty(); m = r.CString()) {
               if (m == protocol::kScramMechanism) has_scram = true;
+              if (m == protocol::kScramPlusMechanism) has_plus = true;
             }
-            if (!has_scram) co_return Fail(where + " offers no supported SASL mechanism");
+            if (!has_scram && !has_plus) {
+              co_return Fail(where + " offers no supported SASL mechanism");
+            }
             scram.emplace(p.password);
+            // Over TLS, bind the login to the node's certificate when the node offers it.
+            if (transport_.tls()) scram->SetChannelBinding(has_plus, transport_.PeerEndPointHash());
             std::string first = scram->ClientFirst();
             protocol::MessageWriter(&out)
                 .Begin('p')
-                .CString(protocol::kScramMechanism)
+                .CString(scram->mechanism())
                 .Int32(static_cast<int32_t>(first.size()))
                 .Bytes(first)
                 .End();

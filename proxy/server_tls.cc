@@ -22,7 +22,11 @@ std::string OpenSslError() {
   return buf;
 }
 
-std::string EndPointHash(X509* cert) {
+}  // namespace
+
+std::string TlsServerEndPointHash(void* opaque) {
+  X509* cert = static_cast<X509*>(opaque);
+  if (cert == nullptr) return {};
   int md_nid = NID_undef;
   if (!OBJ_find_sigid_algs(X509_get_signature_nid(cert), &md_nid, nullptr)) return {};
   if (md_nid == NID_md5 || md_nid == NID_sha1 || md_nid == NID_undef) md_nid = NID_sha256;
@@ -33,8 +37,6 @@ std::string EndPointHash(X509* cert) {
   if (!X509_digest(cert, md, hash, &len)) return {};
   return std::string(reinterpret_cast<const char*>(hash), len);
 }
-
-}  // namespace
 
 std::shared_ptr<const ServerTls> MakeServerTls(const config::TlsConfig& tls, std::string* error) {
   if (tls.mode == config::TlsMode::kDisable) return nullptr;
@@ -65,7 +67,7 @@ std::shared_ptr<const ServerTls> MakeServerTls(const config::TlsConfig& tls, std
     return nullptr;
   }
   X509* cert = SSL_CTX_get0_certificate(ctx);
-  out->end_point_hash = cert ? EndPointHash(cert) : std::string();
+  out->end_point_hash = TlsServerEndPointHash(cert);
   if (out->end_point_hash.empty()) {
     *error = "tls.cert_file " + tls.cert_file +
              ": cannot compute the certificate hash for channel binding";

@@ -20,6 +20,10 @@ struct ServerTls {
   std::string end_point_hash;
 };
 
+// RFC 5929 tls-server-end-point data of `cert` (X509*): its hash with its signature's digest,
+// SHA-256 for MD5 / SHA-1 signatures; empty if it cannot be computed.
+std::string TlsServerEndPointHash(void* cert);
+
 // nullptr with *error set (no secret in it) if the files cannot be used; nullptr without an
 // error when tls.mode is disable.
 std::shared_ptr<const ServerTls> MakeServerTls(const config::TlsConfig& tls, std::string* error);

@@ -42,4 +42,12 @@ awaitable<error_code> Transport::ClientHandshake(std::shared_ptr<const BackendTl
   co_return ec;
 }
 
+std::string Transport::PeerEndPointHash() {
+  if (!tls_) return {};
+  X509* cert = SSL_get1_peer_certificate(tls_->native_handle());
+  std::string hash = TlsServerEndPointHash(cert);
+  X509_free(cert);
+  return hash;
+}
+
 }  // namespace pgrelay::proxy

@@ -43,6 +43,8 @@ class Transport {
     return tls_ ? asio::async_write(*tls_, buffers, kNoThrow)
                 : asio::async_write(socket_, buffers, kNoThrow);
   }
+  // After ClientHandshake: the node certificate's tls-server-end-point hash (channel binding).
+  std::string PeerEndPointHash();
   void Close() {
     error_code ignored;
     socket().close(ignored);

@@ -13,6 +13,7 @@ PACKAGES=(
   postgresql-15 postgresql-client-15 postgresql-contrib
   python3-psycopg python3-pytest python3-yaml
   procps iproute2 curl prometheus
+  openjdk-17-jdk-headless libpostgresql-jdbc-java
 )
 
 installed() {

@@ -247,10 +247,16 @@ ScramClient::ScramClient(std::string password, std::string client_nonce, std::st
   if (client_nonce_.empty()) client_nonce_ = NewNonce();
 }
 
+void ScramClient::SetChannelBinding(bool server_offers_plus, std::string end_point_hash) {
+  plus_ = server_offers_plus && !end_point_hash.empty();
+  gs2_header_ = plus_ ? "p=" + std::string(kChannelBindingType) + ",," : "y,,";
+  cbind_data_ = plus_ ? std::move(end_point_hash) : std::string();
+}
+
 std::string ScramClient::ClientFirst() {
   client_first_bare_ = "n=" + EscapeSaslName(user_) + ",r=" + client_nonce_;
   step_ = Step::kServerFirst;
-  return "n,," + client_first_bare_;
+  return gs2_header_ + client_first_bare_;
 }
 
 ScramStatus ScramClient::HandleServerFirst(std::string_view server_first,
@@ -277,7 +283,8 @@ ScramStatus ScramClient::HandleServerFirst(std::string_view server_first,
   Sha256Digest stored_key = Sha256(AsView(client_key));
   Sha256Digest server_key = HmacSha256(AsView(salted), "Server Key");
 
-  std::string without_proof = "c=" + Base64Encode("n,,") + ",r=" + std::string(nonce);
+  std::string without_proof =
+      "c=" + Base64Encode(gs2_header_ + cbind_data_) + ",r=" + std::string(nonce);
   std::string auth_message =
       client_first_bare_ + "," + std::string(server_first) + "," + without_proof;
   Sha256Digest proof = Xor(client_key, HmacSha256(AsView(stored_key), auth_message));

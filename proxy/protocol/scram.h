@@ -73,7 +73,12 @@ class ScramClient {
  public:
   // `user` goes into "n=" (PostgreSQL clients leave it empty: the user is in the startup packet).
   explicit ScramClient(std::string password, std::string client_nonce = {}, std::string user = {});
-  std::string ClientFirst();  // "n,,n=,r=<nonce>"
+  // Over TLS (before ClientFirst): with `server_offers_plus` the exchange binds to the node's
+  // certificate (tls-server-end-point `end_point_hash`; mechanism SCRAM-SHA-256-PLUS), else
+  // the client says it could bind ("y,,"), which lets the server detect a downgrade.
+  void SetChannelBinding(bool server_offers_plus, std::string end_point_hash);
+  std::string_view mechanism() const { return plus_ ? kScramPlusMechanism : kScramMechanism; }
+  std::string ClientFirst();  // "n,,n=,r=<nonce>" (or "y,," / "p=tls-server-end-point,,")
   ScramStatus HandleServerFirst(std::string_view server_first, std::string* client_final);
   // kOk only if the server's signature proves it knows the password.
   ScramStatus VerifyServerFinal(std::string_view server_final);
@@ -85,6 +90,9 @@ class ScramClient {
   std::string client_nonce_;
   std::string user_;
   std::string client_first_bare_;
+  std::string gs2_header_ = "n,,";
+  std::string cbind_data_;  // the node's tls-server-end-point hash when binding
+  bool plus_ = false;
   Sha256Digest server_signature_{};
 };
 

@@ -252,3 +252,35 @@ def test_backend_wrong_ca_names_the_node(make_pgrelay, cluster, certs, nodes_wit
     with pytest.raises(psycopg.OperationalError):
         relay.connect()
     relay.check_alive()
+
+
+# ---- JDBC ------------------------------------------------------------------------------------
+
+JDBC_JAR = pathlib.Path("/usr/share/java/postgresql.jar")
+
+
+@pytest.fixture(scope="module")
+def jdbc_probe(tmp_path_factory) -> list[str]:
+    """The java command line prefix that runs jdbc/JdbcProbe.java with Debian's JDBC driver."""
+    if not JDBC_JAR.exists():
+        pytest.fail(f"{JDBC_JAR} is missing: scripts/install-deps.sh installs "
+                    "libpostgresql-jdbc-java", pytrace=False)
+    out = tmp_path_factory.mktemp("jdbc")
+    source = pathlib.Path(__file__).parent / "jdbc" / "JdbcProbe.java"
+    subprocess.run(["javac", "-cp", str(JDBC_JAR), "-d", str(out), str(source)], check=True,
+                   capture_output=True, timeout=120)
+    return ["java", "-cp", f"{JDBC_JAR}:{out}", "JdbcProbe"]
+
+
+def test_jdbc_over_tls(make_pgrelay, certs, jdbc_probe):
+    relay = make_pgrelay(tls_config(certs, "require"))
+    base = f"jdbc:postgresql://{relay.host}:{relay.port}/{relay.cluster.database}"
+    creds = [relay.cluster.app_user, relay.cluster.app_password]
+    ok = subprocess.run(jdbc_probe + [f"{base}?ssl=true&sslmode=verify-full&sslrootcert={certs / 'test-ca.crt'}",
+                                      *creds], capture_output=True, text=True, timeout=60)
+    assert ok.stdout.strip() == "result=42", ok.stdout + ok.stderr
+    plain = subprocess.run(jdbc_probe + [f"{base}?sslmode=disable", *creds], capture_output=True,
+                           text=True, timeout=60)
+    assert plain.returncode != 0 and "28000" in plain.stdout, plain.stdout + plain.stderr
+    assert "pgrelay accepts only TLS connections" in plain.stdout, plain.stdout
+    relay.assert_healthy()

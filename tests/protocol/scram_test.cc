@@ -186,6 +186,35 @@ TEST(ScramTest, ChannelBindingPlus) {
   }
 }
 
+TEST(ScramTest, ClientAndServerBindToTheSameCertificate) {
+  const ScramSecret secret = MakeScramSecret("pw");
+  const std::string hash(32, '\x07');
+  for (bool plus : {true, false}) {
+    ScramClient client("pw");
+    client.SetChannelBinding(plus, hash);
+    EXPECT_EQ(client.mechanism(), plus ? kScramPlusMechanism : kScramMechanism);
+    ScramServer server(&secret);
+    // plus: a TLS server offering PLUS; else a server that did not offer it ("y" is fine then).
+    if (plus) server.SetChannelBinding(true, hash);
+    std::string first, final_message, server_final;
+    const std::string client_first = client.ClientFirst();
+    EXPECT_EQ(client_first.substr(0, 3), plus ? "p=t" : "y,,");
+    ASSERT_EQ(server.HandleClientFirst(client_first, &first), ScramStatus::kOk);
+    ASSERT_EQ(client.HandleServerFirst(first, &final_message), ScramStatus::kOk);
+    ASSERT_EQ(server.HandleClientFinal(final_message, &server_final), ScramStatus::kOk) << plus;
+    EXPECT_EQ(client.VerifyServerFinal(server_final), ScramStatus::kOk);
+  }
+  // A server that terminates TLS with another certificate sees a binding it cannot match.
+  ScramClient client("pw");
+  client.SetChannelBinding(true, hash);
+  ScramServer server(&secret);
+  server.SetChannelBinding(true, std::string(32, '\x08'));
+  std::string first, final_message, server_final;
+  ASSERT_EQ(server.HandleClientFirst(client.ClientFirst(), &first), ScramStatus::kOk);
+  ASSERT_EQ(client.HandleServerFirst(first, &final_message), ScramStatus::kOk);
+  EXPECT_EQ(server.HandleClientFinal(final_message, &server_final), ScramStatus::kMalformed);
+}
+
 TEST(ScramTest, ServerRejectsMalformedClientFirst) {
   ScramSecret secret = RfcSecret();
   const std::string kBad[] = {
