@@ -14,8 +14,10 @@
 #
 #   tests/bench/peers_bench.sh [--seconds 10] [--rounds 2] [--clients "1 8 64"]
 #       [--modes "simple extended prepared"] [--targets "direct pgbouncer ..."] [--quick]
-#       [--no-build] [--out FILE] [--keep]
+#       [--no-build] [--out FILE] [--keep] [--tls]
 #
+#   --tls       clients use TLS (sslmode=require) to the proxies; targets direct (plain, the
+#               baseline), pgbouncer and pgrelay unless --targets says otherwise
 #   --quick     smoke run: -T 2, 1 round, 8 clients, simple protocol (later options override)
 #   --no-build  use build/release/proxy/pgrelay as it is (same as PGRELAY_BENCH_NO_BUILD=1)
 #   --targets   a subset of the targets above, in that order (default: all six)
@@ -42,16 +44,18 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 export PATH=$PATH:/usr/sbin:/sbin
 
-seconds=10 rounds=2 clients_list="1 8 64" modes="simple extended prepared" out="" keep=0
+seconds=10 rounds=2 clients_list="1 8 64" modes="simple extended prepared" out="" keep=0 tls=0
 all_targets="direct pgbouncer haproxy pgpool pgrelay-leader pgrelay-follower"
 target_list=$all_targets
+targets_given=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --clients) clients_list=$2; shift 2 ;;
     --modes) modes=$2; shift 2 ;;
-    --targets) target_list=$2; shift 2 ;;
+    --targets) target_list=$2; targets_given=1; shift 2 ;;
+    --tls) tls=1; shift ;;
     --keep) keep=1; shift ;;
     --quick) seconds=2 rounds=1 clients_list=8 modes=simple; shift ;;
     --no-build) export PGRELAY_BENCH_NO_BUILD=1; shift ;;
@@ -60,6 +64,11 @@ while [ $# -gt 0 ]; do
     *) echo "peers_bench: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
+# --tls: the clients connect to the proxies with sslmode=require (a self-signed certificate made
+# here); direct stays plain text as the baseline. Of the peers only PgBouncer terminates TLS.
+if [ "$tls" = 1 ] && [ "$targets_given" = 0 ]; then
+  target_list="direct pgbouncer pgrelay-leader pgrelay-follower"
+fi
 say() { echo "peers_bench: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 targets=()
@@ -119,6 +128,12 @@ bench_setup
 chmod 755 "$work"
 [ -n "$out" ] || out=$work/peers.md
 app=$PGRELAY_PG_APP_USER db=$PGRELAY_PG_DATABASE primary=$PGRELAY_PG_PRIMARY_PORT
+relay_tls=()
+if [ "$tls" = 1 ]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
+    -keyout "$work/tls.key" -out "$work/tls.crt" >/dev/null 2>&1
+  relay_tls=("tls: {mode: require, cert_file: $work/tls.crt, key_file: $work/tls.key}")
+fi
 max_clients=0
 for c in $clients_list; do [ "$c" -le "$max_clients" ] || max_clients=$c; done
 pgpool_children=$((max_clients + 6))  # every client gets a child; max_pool 1
@@ -294,6 +309,11 @@ pidfile = $d/pgbouncer.pid
 log_connections = 0
 log_disconnections = 0
 EOF
+  if [ "$tls" = 1 ]; then
+    cp "$work/tls.crt" "$work/tls.key" "$d/"
+    printf 'client_tls_sslmode = require\nclient_tls_cert_file = %s\nclient_tls_key_file = %s\n' \
+      "$d/tls.crt" "$d/tls.key" >>"$d/pgbouncer.ini"
+  fi
   chown postgres: "$d"/*; chmod 600 "$d"/*
   setpriv --reuid=postgres --regid=postgres --init-groups pgbouncer "$d/pgbouncer.ini" \
     >"$d/stdout.log" 2>&1 &
@@ -404,7 +424,7 @@ want haproxy && start_haproxy
 want pgpool && start_pgpool
 for s in leader follower; do
   want "pgrelay-$s" || continue
-  start_relay "$s"; port_of[pgrelay-$s]=$relay_port; pid_of[pgrelay-$s]=${pids[-1]}
+  start_relay "$s" "${relay_tls[@]}"; port_of[pgrelay-$s]=$relay_port; pid_of[pgrelay-$s]=${pids[-1]}
   wait_port "$relay_port" 20 "pgrelay-$s"
 done
 printf 'SELECT 1;\n\\sleep 500 ms\n' >"$work/warmup.sql"
@@ -424,12 +444,15 @@ run_one() {  # workload target round
   local target=$2 key="$1|$2" dir=$work/run-$RANDOM$RANDOM port=${port_of[$2]} j=2 args=()
   [ "$c" -ge 2 ] || j=1
   [ "$kind" = select-only ] && args+=(-S)
+  local sslmode=disable  # PGSSLMODE for the pgbench runs only
+  [ "$tls" = 1 ] && [ "$target" != direct ] && sslmode=require
   if [ "$kind" = tpcb ]; then  # what pgbench's own vacuum step does, directly on the primary
     psql -X -q -h 127.0.0.1 -p "$primary" -U "$app" -c 'vacuum pgbench_branches' \
       -c 'vacuum pgbench_tellers' -c 'truncate pgbench_history' "$db" >/dev/null
   fi
   # Warm-up (unmeasured): every client opens its session and holds it for 0.5 s.
-  pgbench -h 127.0.0.1 -p "$port" -U "$app" -n -f "$work/warmup.sql" -c "$c" -j "$j" -t 1 "$db" \
+  PGSSLMODE=$sslmode pgbench -h 127.0.0.1 -p "$port" -U "$app" -n -f "$work/warmup.sql" -c "$c" \
+    -j "$j" -t 1 "$db" \
     >/dev/null 2>&1 || say "round $3: $1 $target: warm-up failed"
   mkdir -p "$dir"
   local samples=- output
@@ -439,7 +462,8 @@ run_one() {  # workload target round
     /usr/bin/python3 "$work/peers_helper.py" sample "${pid_of[$target]}" "$samples" &
     sampler_pid=$!  # python itself (not a subshell), so that kill stops it
   fi
-  output=$(pgbench -h 127.0.0.1 -p "$port" -U "$app" -n "${args[@]}" -M "$mode" -c "$c" -j "$j" \
+  output=$(PGSSLMODE=$sslmode pgbench -h 127.0.0.1 -p "$port" -U "$app" -n "${args[@]}" -M "$mode" \
+             -c "$c" -j "$j" \
              -T "$seconds" -l --log-prefix="$dir/tx" "$db" 2>&1) || true
   if [ -n "$sampler_pid" ]; then  # one more sample after the last transaction, then stop
     sleep 0.3; kill "$sampler_pid" 2>/dev/null || true; wait "$sampler_pid" 2>/dev/null || true

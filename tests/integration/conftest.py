@@ -35,6 +35,7 @@ import socket
 import struct
 import subprocess
 import time
+import urllib.request
 from typing import Any, Callable, Optional
 
 import psycopg
@@ -465,11 +466,49 @@ class Pgrelay(Target):
             pytest.fail(f"pgrelay died (exit status {rc}).\nlog ({self.log_path}):\n{self.log_tail()}",
                         pytrace=False)
 
+    def configured_secrets(self) -> set[str]:
+        """Every password and token this pgrelay was configured with (at least 4 characters:
+        shorter ones would match by chance)."""
+        found: set[str] = set()
+
+        def walk(value: Any, key: str = "") -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(v, k)
+            elif isinstance(value, list):
+                for v in value:
+                    walk(v, key)
+            elif key in ("password", "token") and isinstance(value, str) and len(value) >= 4 \
+                    and not value.startswith("SCRAM-SHA-256$"):
+                found.add(value)
+
+        walk(self.config)
+        return found
+
+    def secret_leak(self) -> Optional[str]:
+        """Where a configured password or token appears in the log, /metrics or /cluster (issue
+        10), or None; checked for every pgrelay the suite stops."""
+        outputs = {"log": self.log_path.read_text(errors="replace") if self.log_path.exists() else ""}
+        for path in ("/metrics", "/cluster"):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
+                    outputs[path] = r.read().decode(errors="replace")
+            except OSError:
+                pass  # no admin endpoint (e.g. refused start-up): the log is still checked
+        for secret in self.configured_secrets():
+            for where, text in outputs.items():
+                if secret in text:
+                    line = next((l for l in text.splitlines() if secret in l), "")
+                    return (f"a configured password or token appears in {where} of {self}: "
+                            f"{line.replace(secret, '<SECRET>')[:300]}")
+        return None
+
     def stop(self) -> None:
         """SIGTERM; pgrelay must exit by itself with status 0 within STOP_TIMEOUT."""
         proc = self.proc
         if proc is None:
             return
+        leak = self.secret_leak() if proc.poll() is None else None
         self.proc = None
         rc = proc.poll()
         if rc is not None:
@@ -486,6 +525,8 @@ class Pgrelay(Target):
         if rc != 0:
             pytest.fail(f"pgrelay exited with status {rc} after SIGTERM (ASan/UBSan report?).\n"
                         f"log ({self.log_path}):\n{self.log_tail()}", pytrace=False)
+        if leak:
+            pytest.fail(leak, pytrace=False)
 
 
 class PgrelayFactory:
