@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <charconv>
+#include <mutex>
+#include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -146,6 +149,29 @@ std::string FormatScramSecret(const ScramSecret& secret) {
          Base64Encode(AsView(secret.server_key));
 }
 
+// --- Client: the salted password, derived once per (password, salt, iterations) ---------------
+
+Sha256Digest SaltedPassword(std::string_view password, std::string_view salt, int iterations) {
+  // A node keeps one salt per role, so every login pgrelay makes as that role derives the same
+  // key: 4096 PBKDF2 rounds (milliseconds of a worker's time) each. Cache it. The key is as
+  // secret as the password, which pgrelay already holds in memory; the cache key hashes it.
+  static std::mutex mu;
+  static std::unordered_map<std::string, Sha256Digest> cache;
+  constexpr size_t kMaxEntries = 1024;
+  const Sha256Digest password_hash = Sha256(password);
+  std::string key(AsView(password_hash));
+  key.append(salt).append(std::to_string(iterations));
+  {
+    std::lock_guard lock(mu);
+    if (auto it = cache.find(key); it != cache.end()) return it->second;
+  }
+  const Sha256Digest salted = Pbkdf2HmacSha256(password, salt, iterations);
+  std::lock_guard lock(mu);
+  if (cache.size() >= kMaxEntries) cache.clear();
+  cache.emplace(std::move(key), salted);
+  return salted;
+}
+
 // --- Server ---------------------------------------------------------------------------------
 
 ScramServer::ScramServer(const ScramSecret* secret, std::string server_nonce)
@@ -278,7 +304,7 @@ ScramStatus ScramClient::HandleServerFirst(std::string_view server_first,
   std::optional<int> iterations = ParsePositiveInt(iterations_text);
   if (!salt || salt->empty() || !iterations) return ScramStatus::kMalformed;
 
-  Sha256Digest salted = Pbkdf2HmacSha256(password_, *salt, *iterations);
+  Sha256Digest salted = SaltedPassword(password_, *salt, *iterations);
   Sha256Digest client_key = HmacSha256(AsView(salted), "Client Key");
   Sha256Digest stored_key = Sha256(AsView(client_key));
   Sha256Digest server_key = HmacSha256(AsView(salted), "Server Key");

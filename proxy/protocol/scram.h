@@ -68,6 +68,10 @@ class ScramServer {
   std::string cbind_data_;  // tls-server-end-point hash, when the client binds
 };
 
+// PBKDF2-HMAC-SHA-256 of `password` (the SCRAM SaltedPassword), cached process-wide: a node
+// answers every login of a role with the same salt, so pgrelay derives it once. Thread-safe.
+Sha256Digest SaltedPassword(std::string_view password, std::string_view salt, int iterations);
+
 // Client side of one exchange (pgrelay logging in to a PostgreSQL node).
 class ScramClient {
  public:

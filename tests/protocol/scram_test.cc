@@ -215,6 +215,19 @@ TEST(ScramTest, ClientAndServerBindToTheSameCertificate) {
   EXPECT_EQ(server.HandleClientFinal(final_message, &server_final), ScramStatus::kMalformed);
 }
 
+TEST(ScramTest, SaltedPasswordIsCachedPerPasswordSaltAndIterations) {
+  const std::string salt = Base64Decode(kRfcSalt).value();
+  const Sha256Digest expected = Pbkdf2HmacSha256(kRfcPassword, salt, 4096);
+  EXPECT_EQ(SaltedPassword(kRfcPassword, salt, 4096), expected);
+  EXPECT_EQ(SaltedPassword(kRfcPassword, salt, 4096), expected);  // from the cache
+  // Any other input derives its own key.
+  EXPECT_EQ(SaltedPassword("other", salt, 4096), Pbkdf2HmacSha256("other", salt, 4096));
+  EXPECT_EQ(SaltedPassword(kRfcPassword, "salt2", 4096),
+            Pbkdf2HmacSha256(kRfcPassword, "salt2", 4096));
+  EXPECT_EQ(SaltedPassword(kRfcPassword, salt, 4097), Pbkdf2HmacSha256(kRfcPassword, salt, 4097));
+  EXPECT_NE(SaltedPassword(kRfcPassword, salt, 4097), expected);
+}
+
 TEST(ScramTest, ServerRejectsMalformedClientFirst) {
   ScramSecret secret = RfcSecret();
   const std::string kBad[] = {
