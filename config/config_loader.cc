@@ -229,6 +229,12 @@ class Loader {
   void ReadFailover(const Entry& e);
   void ReadTls(const Entry& e);
   void ReadExistingFile(const Entry& f, std::string* out);
+  // A path from the file: relative paths are relative to the config file's directory.
+  std::filesystem::path Resolve(const std::string& path) const {
+    std::filesystem::path file(path);
+    if (file.is_relative() && !base_dir_.empty()) file = base_dir_ / file;
+    return file;
+  }
   void ReadAdmin(const Entry& e);
   void ReadRouting(const Entry& e);
   void ReadStrategyOverrides(const Entry& e);
@@ -454,8 +460,7 @@ void Loader::ReadPassword(const Entry& e, PasswordSource* source) {
     source->value = value;
     return;
   }
-  std::filesystem::path file(*name);
-  if (file.is_relative() && !base_dir_.empty()) file = base_dir_ / file;
+  const std::filesystem::path file = Resolve(*name);
   std::string contents;
   std::string error;
   if (!ReadFile(file.string(), kMaxPasswordFileSize, &contents, &error)) {
@@ -536,8 +541,7 @@ void Loader::ReadRoot(const YAML::Node& root) {
 void Loader::ReadExistingFile(const Entry& f, std::string* out) {
   const std::optional<std::string> path = ReadString(f);
   if (!path) return;
-  std::filesystem::path file(*path);
-  if (file.is_relative() && !base_dir_.empty()) file = base_dir_ / file;
+  const std::filesystem::path file = Resolve(*path);
   std::error_code ec;
   if (!std::filesystem::is_regular_file(file, ec)) {
     Error(f, "no such file: " + file.string());
@@ -787,9 +791,7 @@ void Loader::ReadFailover(const Entry& e) {
            [&](const Entry& f) {
              const std::optional<std::string> path = ReadString(f);
              if (!path) return;
-             std::filesystem::path file(*path);
-             if (file.is_relative() && !base_dir_.empty()) file = base_dir_ / file;
-             failover.state_file = file.string();
+             failover.state_file = Resolve(*path).string();
            }},
       });
   if (!seen) return;

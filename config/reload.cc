@@ -124,10 +124,9 @@ ReloadPlan PlanReload(const Config& running, const Config& loaded, std::string_v
                            std::to_string(loaded.health.failure_threshold) + "/" +
                            std::to_string(loaded.health.recovery_threshold));
   }
-  {
-    FailoverConfig a = running.failover, b = next->failover;
-    Note(&plan.changes, "failover (hooks, timeouts, control credentials)", a, b);
-  }
+  // next->failover already has the running mode and state_file (restart-only, reported above).
+  Note(&plan.changes, "failover (hooks, timeouts, control credentials)", running.failover,
+       next->failover);
   if (loaded.log_level != running.log_level) {
     plan.changes.push_back("log_level " + std::string(ToString(running.log_level)) + " -> " +
                            std::string(ToString(loaded.log_level)));

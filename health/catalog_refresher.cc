@@ -2,6 +2,7 @@
 
 #include "config/log.h"
 #include "health/function_catalog_loader.h"
+#include "health/pg_connection.h"
 
 namespace pgrelay::health {
 
@@ -13,16 +14,6 @@ constexpr auto kRetryInterval = std::chrono::seconds(2);
 routing::FunctionLists ListsOf(const config::Config& config) {
   return routing::FunctionLists{config.routing.side_effect_free_functions,
                                 config.routing.primary_functions};
-}
-
-// libpq conninfo value quoting: single quotes, backslash-escaped.
-std::string Quote(const std::string& v) {
-  std::string q = "'";
-  for (char c : v) {
-    if (c == '\'' || c == '\\') q += '\\';
-    q += c;
-  }
-  return q + "'";
 }
 
 }  // namespace
@@ -93,17 +84,8 @@ bool CatalogRefresher::LoadOnce() {
   FunctionCatalogLoad load;
   for (const std::string& database : databases) {
     const std::string conninfo =
-        "host=" + Quote(primary->host) + " port=" + std::to_string(primary->port) +
-        " user=" + Quote(creds.user) + " password=" + Quote(creds.password) +
-        " dbname=" + Quote(database) + " application_name='pgrelay-catalog'" +
-        " sslmode=" + Quote(std::string(config::ToString(config->backend_tls.mode))) +
-        (config->backend_tls.ca_file.empty()
-             ? ""
-             : " sslrootcert=" + Quote(config->backend_tls.ca_file)) +
-        (config->backend_tls.cert_file.empty()
-             ? ""
-             : " sslcert=" + Quote(config->backend_tls.cert_file) +
-                   " sslkey=" + Quote(config->backend_tls.key_file));
+        ToConninfo(NodeConnectParams(primary->host, primary->port, creds.user, creds.password,
+                                     database, "pgrelay-catalog", config->backend_tls));
     FunctionCatalogLoad one = LoadFunctionEntries(conninfo, config->health.timeout);
     if (!one.ok()) {
       // That database keeps what the built-ins say (unknown functions count as volatile).

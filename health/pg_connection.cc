@@ -96,6 +96,30 @@ asio::awaitable<bool> PgConnection::Wait(bool for_write) {
   co_return true;
 }
 
+std::string ToConninfo(const PgConnectParams& p) {
+  std::string out;
+  auto add = [&](const char* key, const std::string& value) {
+    if (value.empty()) return;
+    out.append(out.empty() ? "" : " ").append(key).append("='");
+    for (char c : value) {
+      if (c == '\'' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '\'';
+  };
+  add("host", p.host);
+  add("port", std::to_string(p.port));
+  add("user", p.user);
+  add("password", p.password);
+  add("dbname", p.dbname);
+  add("application_name", p.application_name);
+  add("sslmode", p.sslmode);
+  add("sslrootcert", p.sslrootcert);
+  add("sslcert", p.sslcert);
+  add("sslkey", p.sslkey);
+  return out;
+}
+
 asio::awaitable<bool> PgConnection::Connect(const PgConnectParams& params,
                                             Clock::time_point deadline) {
   Close();

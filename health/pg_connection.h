@@ -60,6 +60,9 @@ inline PgConnectParams NodeConnectParams(const std::string& host, uint16_t port,
   return p;
 }
 
+// `params` as a libpq conninfo string (values quoted), for APIs that take one.
+std::string ToConninfo(const PgConnectParams& params);
+
 class PgConnection {
  public:
   using Clock = std::chrono::steady_clock;

@@ -24,8 +24,7 @@ std::string OpenSslError() {
 
 }  // namespace
 
-std::string TlsServerEndPointHash(void* opaque) {
-  X509* cert = static_cast<X509*>(opaque);
+std::string TlsServerEndPointHash(X509* cert) {
   if (cert == nullptr) return {};
   int md_nid = NID_undef;
   if (!OBJ_find_sigid_algs(X509_get_signature_nid(cert), &md_nid, nullptr)) return {};

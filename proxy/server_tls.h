@@ -10,6 +10,8 @@
 
 #include "config/config.h"
 
+using X509 = struct x509_st;  // OpenSSL's certificate type, without its headers here
+
 namespace pgrelay::proxy {
 
 struct ServerTls {
@@ -20,9 +22,9 @@ struct ServerTls {
   std::string end_point_hash;
 };
 
-// RFC 5929 tls-server-end-point data of `cert` (X509*): its hash with its signature's digest,
-// SHA-256 for MD5 / SHA-1 signatures; empty if it cannot be computed.
-std::string TlsServerEndPointHash(void* cert);
+// RFC 5929 tls-server-end-point data of `cert`: its hash with its signature's digest, SHA-256
+// for MD5 / SHA-1 signatures; empty if it cannot be computed (or cert is null).
+std::string TlsServerEndPointHash(X509* cert);
 
 // nullptr with *error set (no secret in it) if the files cannot be used; nullptr without an
 // error when tls.mode is disable.
