@@ -185,8 +185,13 @@ void Server::Reconfigure(std::shared_ptr<const config::Config> config, bool user
   std::lock_guard lock(s.workers_mu);
   s.config = config;
   if (!s.running) return;
+  // The catalog was rebuilt with the new function lists before this call (ReloadController).
+  health::CatalogRefresher* catalog = s.context.catalog;
   for (auto& w : s.workers) {
-    asio::post(w->io, [&worker = *w, config] { worker.context.Reconfigure(config); });
+    asio::post(w->io, [&worker = *w, config, catalog] {
+      worker.context.Reconfigure(config);
+      if (catalog != nullptr) worker.context.classifier.SetCatalog(catalog->Catalog());
+    });
   }
 }
 

@@ -233,3 +233,20 @@ def test_new_admin_token_applies_at_once(make_pgrelay):
     assert http(relay, "POST", "/resume", token="second-token-4567")[0] == 200
     assert "second-token" not in relay.log_tail()
     relay.assert_healthy()
+
+
+def test_function_lists_apply_to_open_sessions(make_pgrelay, cluster):
+    """routing.primary_functions changed by a reload sends an open session's next statement that
+    calls the function to the primary (the workers' classifiers get the rebuilt catalog)."""
+    relay = make_pgrelay({"routing": {"strategy": "follower"}, "health": HEALTH})
+    conn = connect(relay)
+    sql = "SELECT lower('X'), inet_server_port()"
+    assert {conn.execute(sql).fetchone()[1] for _ in range(6)} <= set(cluster.replica_ports)
+    functions = relay.config["routing"].get("primary_functions", [])
+    rewrite(relay, {"routing": {"primary_functions": [*functions, "lower"]}})
+    body = reload_ok(relay)
+    assert "routing" in body, body
+    # The same session, no new connection (a new session would refresh its worker anyway).
+    assert {conn.execute(sql).fetchone()[1] for _ in range(6)} == {cluster.primary_port}
+    conn.close()
+    relay.assert_healthy()
