@@ -1,5 +1,6 @@
 #include "config/log.h"
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -10,6 +11,12 @@
 namespace pgrelay {
 
 std::atomic<config::LogLevel> Log::level_{config::LogLevel::kInfo};
+
+void NameThisThread(const char* name) {
+  char shortened[16];
+  std::snprintf(shortened, sizeof shortened, "%s", name);
+  pthread_setname_np(pthread_self(), shortened);
+}
 
 void Log::Write(config::LogLevel level, std::string_view component, std::string_view text) {
   using namespace std::chrono;

@@ -10,6 +10,10 @@
 
 namespace pgrelay {
 
+// Names the calling thread (at most 15 characters shown), for top -H, gdb and
+// tests/integration/alloc_count.cc, which counts allocations on threads named "pgrelay-w<N>".
+void NameThisThread(const char* name);
+
 class Log {
  public:
   static void SetLevel(config::LogLevel level) { level_.store(level, std::memory_order_relaxed); }

@@ -27,7 +27,10 @@ CatalogRefresher::CatalogRefresher(std::shared_ptr<const config::Config> config,
 CatalogRefresher::~CatalogRefresher() { Stop(); }
 
 void CatalogRefresher::Start() {
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    NameThisThread("pgrelay-catalog");
+    Loop();
+  });
 }
 
 void CatalogRefresher::Stop() {

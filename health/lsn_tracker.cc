@@ -68,7 +68,10 @@ class LsnTracker::Impl {
   void Start() {
     if (thread_.joinable()) return;
     work_.emplace(io_.get_executor());
-    thread_ = std::thread([this] { io_.run(); });
+    thread_ = std::thread([this] {
+      NameThisThread("pgrelay-lsn");
+      io_.run();
+    });
   }
 
   void Stop() {

@@ -175,7 +175,10 @@ void AdminServer::Impl::Start() {
       PGRELAY_LOG(kError, "admin", "listener stopped: " << error.what());
     }
   });
-  thread_ = std::thread([this] { io_.run(); });
+  thread_ = std::thread([this] {
+    NameThisThread("pgrelay-admin");
+    io_.run();
+  });
   const std::string bound = config::Endpoint{options_.listen.host, port_}.ToString();
   PGRELAY_LOG(
       kInfo, "admin",
@@ -498,6 +501,7 @@ asio::awaitable<Response> AdminServer::Impl::RunAction(const Request& request) {
   });
   auto finished = std::make_shared<std::atomic<bool>>(false);
   action_threads_.push_back(ActionThread{std::thread([task, finished] {
+                                           NameThisThread("pgrelay-action");
                                            (*task)();
                                            finished->store(true, std::memory_order_release);
                                          }),
