@@ -56,8 +56,7 @@ std::string Seconds(double s) {
 
 class Monitor::Impl {
  public:
-  Impl(std::shared_ptr<const config::Config> config,
-       std::atomic<std::shared_ptr<const Topology>>* out);
+  Impl(std::shared_ptr<const config::Config> config, Monitor* owner);
 
   void Start();
   void Stop();
@@ -106,7 +105,7 @@ class Monitor::Impl {
   // Replaced by a reload on the monitor's thread: a coroutine that awaits while it uses the
   // config holds its own reference (a local copy of config_).
   std::shared_ptr<const config::Config> config_;
-  std::atomic<std::shared_ptr<const Topology>>* const out_;
+  Monitor* const owner_;  // publishes to its snapshot_ and version_
   milliseconds interval_;
   milliseconds timeout_;
   // Declared before everything that holds Asio objects, so it is destroyed after them.
@@ -138,10 +137,9 @@ class Monitor::Impl {
   bool first_published_ = false;
 };
 
-Monitor::Impl::Impl(std::shared_ptr<const config::Config> config,
-                    std::atomic<std::shared_ptr<const Topology>>* out)
+Monitor::Impl::Impl(std::shared_ptr<const config::Config> config, Monitor* owner)
     : config_(std::move(config)),
-      out_(out),
+      owner_(owner),
       interval_(config_->health.interval),
       timeout_(config_->health.timeout) {
   for (const config::NodeConfig& node : config_->nodes) AddNode(node);
@@ -264,7 +262,10 @@ void Monitor::Impl::Start() {
     }
   }
   asio::co_spawn(io_, Run(), RethrowOnError);
-  thread_ = std::thread([this] { io_.run(); });
+  thread_ = std::thread([this] {
+    NameThisThread("pgrelay-health");
+    io_.run();
+  });
   std::unique_lock lock(mu_);
   cv_.wait_for(lock, interval_ + timeout_ + std::chrono::seconds(1),
                [this] { return first_published_; });
@@ -455,7 +456,8 @@ void Monitor::Impl::Publish() {
     Log::Write(config::LogLevel::kDebug, "health", os.str());
   }
   auto published = std::make_shared<const Topology>(std::move(t));
-  out_->store(published, std::memory_order_release);
+  owner_->snapshot_.store(published, std::memory_order_release);
+  owner_->version_.store(published->version, std::memory_order_release);
   if (config_->failover.mode == config::FailoverMode::kAuto) MaybeFailover(*published);
   if (version_ == 1) {
     std::lock_guard lock(mu_);
@@ -531,7 +533,7 @@ void Monitor::Impl::MaybeFailover(const Topology& t) {
   }
   last_why_not_.clear();
   failover_running_ = true;
-  auto snapshot = out_->load(std::memory_order_acquire);
+  auto snapshot = owner_->snapshot_.load(std::memory_order_acquire);
   asio::co_spawn(io_, RunFailover(*plan, std::move(snapshot)), RethrowOnError);
 }
 
@@ -613,7 +615,7 @@ asio::awaitable<void> Monitor::Impl::RunSwitchover(
     fail("a failover or switchover is already running");
     co_return;
   }
-  const std::shared_ptr<const Topology> t = out_->load(std::memory_order_acquire);
+  const std::shared_ptr<const Topology> t = owner_->snapshot_.load(std::memory_order_acquire);
   // With no primary, this is a manual failover from the recorded primary, under the same
   // safety rules as an automatic one.
   const bool failover = t->primary < 0;
@@ -777,8 +779,10 @@ asio::awaitable<bool> Monitor::Impl::RunFailoverHook(const char* which, const st
 }
 
 Monitor::Monitor(std::shared_ptr<const config::Config> config)
-    : impl_(std::make_unique<Impl>(std::move(config), &snapshot_)) {
-  snapshot_.store(impl_->Initial(), std::memory_order_release);
+    : impl_(std::make_unique<Impl>(std::move(config), this)) {
+  auto initial = impl_->Initial();
+  version_.store(initial->version, std::memory_order_release);
+  snapshot_.store(std::move(initial), std::memory_order_release);
 }
 
 Monitor::~Monitor() { Stop(); }

@@ -46,11 +46,16 @@ class Monitor {
   std::shared_ptr<const Topology> Snapshot() const {
     return snapshot_.load(std::memory_order_acquire);
   }
+  // The version of the newest snapshot (Topology::version), stored after it: a worker compares
+  // it with the version it holds (one load of memory written twice a second) and fetches the
+  // snapshot only when it changed.
+  uint64_t Version() const { return version_.load(std::memory_order_acquire); }
 
  private:
   class Impl;  // keeps Asio and libpq out of this header (included by the proxy)
 
   std::atomic<std::shared_ptr<const Topology>> snapshot_;
+  std::atomic<uint64_t> version_{0};
   std::unique_ptr<Impl> impl_;
 };
 

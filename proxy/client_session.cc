@@ -500,9 +500,12 @@ awaitable<bool> ClientSession::ConnectFirstBackend() {
                           << "starts on " << node->name << " (reads only until one is back)");
   }
   ctx_.catalog->NoteDatabase(database_);  // only databases the primary let us into
-  std::tie(pid_, key_) = ctx_.cancels->Register();
-  ctx_.cancels->Update(
-      pid_, CancelTarget{b->conn->host(), b->conn->port(), b->conn->pid(), b->conn->key()});
+  CancelRegistry::Registration registration = ctx_.cancels->Register();
+  pid_ = registration.pid;
+  key_ = registration.key;
+  cancel_slot_ = std::move(registration.slot);
+  cancel_slot_->SetTarget(b->node, CancelTargetOf(*b->conn));
+  cancel_slot_->SetCurrent(b->node);
   scratch_ = b->conn->startup_messages();
   protocol::AppendBackendKeyData(&scratch_, pid_, key_);
   protocol::AppendReadyForQuery(&scratch_, 'I');

@@ -11,7 +11,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,6 +21,7 @@
 #include "proxy/asio_common.h"
 #include "proxy/backend_connection.h"
 #include "proxy/buffer_pool.h"
+#include "proxy/ring.h"
 #include "proxy/server_context.h"
 #include "proxy/session_state.h"
 #include "proxy/signal.h"
@@ -59,7 +59,7 @@ class ClientSession {
   struct Backend {
     int node = -1;
     std::unique_ptr<BackendConnection> conn;
-    std::deque<Group> pending;  // oldest first
+    Ring<Group> pending;  // oldest first
     uint32_t forward_pending = 0;
     uint64_t state_version = 0;                          // session settings applied here
     std::unordered_map<std::string, uint64_t> prepared;  // statement name -> definition id
@@ -127,11 +127,42 @@ class ClientSession {
   awaitable<void> Relay();
   awaitable<bool> ClientPump();
   awaitable<bool> OnClientMessage(char type, std::string_view msg);
+  // The data path without waiting: relays `msg` when nothing has to wait (an extended-protocol
+  // message held for its batch; a Query or Sync whose backend is open and free; the bytes go to
+  // the outbox, which ClientPump writes once the client's input is consumed). False: nothing
+  // was done, OnClientMessage handles it. No coroutine frame, so no allocation.
+  bool RelayNow(char type, std::string_view msg);
+  struct Query {
+    std::string_view sql;
+    routing::Classification c;
+    routing::UnitTraits traits;
+  };
+  // A simple Query's statement: classified, its traits, the prepared statements it uses (in
+  // unit_statements_ / unit_stale_).
+  Query PrepareQuery(std::string_view msg);
+  // The query to `b` (current_): state replay first, then the query; its reply group.
+  void SendQuery(Backend* b, std::string_view msg, const Query& q);
+  // Parse, Bind, Describe, Close, Execute into the batch; CopyDone/CopyFail into the outbox.
+  void BufferMessage(char type, std::string_view msg);
   void NoteStatementUse(std::string_view name, bool executes);
   // Classifies with the worker's classifier and publishes its cache counters.
   routing::Classification Classify(std::string_view sql);
   awaitable<void> SendBatch(bool final, bool forced);
+  // Where the batch must go regardless of routing (the unnamed statement's backend; the current
+  // one for a batch with nothing to route by); nullptr: route it.
+  Backend* BatchHome();
+  // The batch to `b` (current_, state replayed): into the outbox, with its reply group.
+  void SendBatchTo(Backend* b, bool final);
   awaitable<Backend*> Choose(const routing::UnitTraits& traits, bool respond_ready = true);
+  // Choose when the answer needs no waiting (an open backend, no pause, no consistency wait);
+  // nullptr: Choose must decide. A load-balancing decision it made is kept in routed_ for
+  // Choose (asking the balancer twice for one unit would skip a node).
+  Backend* ChooseNow(const routing::UnitTraits& traits);
+  // The fast path used routed_: counts a fallback to the primary, forgets it.
+  void TakeRoute();
+  // A pipelining client's current backend if it is as good a target for this unit.
+  Backend* KeepPipelining(const routing::UnitTraits& traits, const routing::SessionRouting& session,
+                          const health::Topology& topology);
   awaitable<Backend*> OpenBackend(int node);
   // Admin PAUSE: holds the next unit at a transaction boundary until RESUME (or the pause's end).
   awaitable<void> WaitWhilePaused();
@@ -140,7 +171,12 @@ class ClientSession {
                                      std::shared_ptr<const health::Topology>* topology);
   void StartReader(Backend* b);
   awaitable<bool> SwitchTo(Backend* b);
+  // SwitchTo without waiting: true when current_ is `b` (nothing was owed by the previous one).
+  bool SwitchNow(Backend* b);
   void UpdateCancelTarget();
+  static CancelTarget CancelTargetOf(const BackendConnection& c) {
+    return CancelTarget{c.host(), c.port(), c.pid(), c.key()};
+  }
   // Brings `b` to the session's settings, prepares the named statements a unit uses, and drops
   // leftovers of names the session closed (`statements` and `stale`).
   void AppendReplay(Backend* b, const std::vector<std::string>* statements,
@@ -148,9 +184,15 @@ class ClientSession {
   void PushForward(Backend* b, const routing::UnitTraits& traits, bool statement);
   void PushSwallowed(Backend* b);
   awaitable<bool> Flush();
+  // Writes the outbox as far as the socket takes it at once; true when nothing is left.
+  bool FlushNow();
   // Until the current backend owes the client no reply (replies stay in order).
   awaitable<void> WaitCurrentDone();
   awaitable<bool> WriteToClient(const std::vector<asio::const_buffer>& buffers);
+  // Writes to the client at once if no other write is under way. True when done (or the client
+  // is gone: *failed, the session ends); false: WriteToClient must send `buffers`, from which
+  // what was written has been removed.
+  bool WriteToClientNow(std::vector<asio::const_buffer>& buffers, bool* failed);
   awaitable<void> RespondError(std::string_view code, std::string_view message, bool with_ready);
   awaitable<void> RespondReady();
   awaitable<void> BackendReader(Backend* b);
@@ -233,12 +275,14 @@ class ClientSession {
   bool rejected_counted_ = false;
   int32_t pid_ = 0;
   int32_t key_ = 0;
+  std::shared_ptr<CancelSlot> cancel_slot_;  // where a CancelRequest for pid_ goes
 
   std::vector<std::unique_ptr<Backend>> backends_;  // indexed by node slot (config::kMaxNodes)
   Backend* current_ = nullptr;       // where the last unit went; the transaction's backend
   Backend* unnamed_home_ = nullptr;  // where the unnamed prepared statement was parsed
   SessionState state_;
   Batch batch_;
+  std::optional<routing::RouteResult> routed_;  // see ChooseNow
   std::vector<std::string> unit_statements_;
   std::vector<std::string> unit_stale_;
   std::string outbox_;                                     // bytes for current_, written by Flush()

@@ -7,6 +7,7 @@
 
 #include "config/log.h"
 #include "proxy/client_session.h"
+#include "proxy/pgrelay_settings.h"
 #include "proxy/protocol/frame_scanner.h"
 #include "proxy/protocol/messages.h"
 
@@ -85,7 +86,15 @@ awaitable<bool> ClientSession::ClientPump() {
     for (;;) {
       FrameScanner::Frame f = scanner.Next(client_buf_.Unconsumed());
       if (f.kind == FrameScanner::Kind::kWhole && scanner.inspected(f.type)) {
-        bool go_on = co_await OnClientMessage(f.type, f.bytes);
+        // Most messages are relayed without waiting (and without a coroutine frame); the rest,
+        // and everything that has to wait, take OnClientMessage.
+        bool go_on;
+        if (RelayNow(f.type, f.bytes)) {
+          if (batch_.bytes.size() > kMaxHeldBatch) co_await SendBatch(false, true);
+          go_on = !ending_;
+        } else {
+          go_on = co_await OnClientMessage(f.type, f.bytes);
+        }
         client_buf_.Consume(f.bytes.size());
         if (!go_on || ending_) co_return false;
         continue;
@@ -113,7 +122,8 @@ awaitable<bool> ClientSession::ClientPump() {
       }
       co_return false;
     }
-    if (!co_await Flush()) co_return false;
+    if (!FlushNow()) co_await Flush();
+    if (ending_) co_return false;
     if (client_buf_.Unconsumed().empty()) client_buf_.ShrinkIfIdle();
     client_buf_.MakeRoom(needed);
     auto buffer = asio::buffer(client_buf_.WritePtr(), client_buf_.WritableSize());
@@ -143,32 +153,129 @@ awaitable<bool> ClientSession::ClientPump() {
 }
 
 awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) {
-  protocol::MessageReader r(msg.substr(5));
   switch (type) {
     case 'Q': {
       if (!batch_.empty()) co_await SendBatch(/*final=*/false, /*forced=*/true);
-      std::string_view sql = r.CString();
-      routing::Classification c = Classify(sql);
-      if (config_ != worker_.config && !InTransaction()) AdoptConfig();  // SHOW pgrelay.* sees it
-      if (co_await HandlePgrelayCommand(sql, c)) co_return !ending_;
-      routing::UnitTraits traits = TraitsOf(c);
-      unit_statements_.clear();
-      unit_stale_.clear();
-      StatementsUsed(c, &unit_statements_, &unit_stale_);
-      if (c.Has(routing::Flag::kExecute) && c.statement_count == 1 && !unit_statements_.empty()) {
-        // EXECUTE runs where its prepared statement may run.
-        const SessionState::Prepared* p = state_.FindPrepared(unit_statements_.front());
-        traits.write = p == nullptr || p->traits.write;
-      }
+      Query q = PrepareQuery(msg);
+      if (co_await HandlePgrelayCommand(q.sql, q.c)) co_return !ending_;
+      Backend* b = co_await Choose(q.traits);
+      if (b == nullptr) co_return !ending_;
+      if (!co_await SwitchTo(b)) co_return false;
+      SendQuery(b, msg, q);
+      co_return true;
+    }
+    case 'P':
+    case 'B':
+    case 'D':
+    case 'C':
+    case 'E':
+    case 'c':
+    case 'f':
+      BufferMessage(type, msg);
+      break;
+    case 'H':
+      batch_.bytes.append(msg);
+      co_await SendBatch(/*final=*/false, /*forced=*/false);
+      break;
+    case 'S':
+      batch_.bytes.append(msg);
+      co_await SendBatch(/*final=*/true, /*forced=*/false);
+      break;
+    case 'F': {  // FunctionCall: a function may write
+      if (!batch_.empty()) co_await SendBatch(false, true);
+      routing::UnitTraits traits;
+      traits.write = true;
       Backend* b = co_await Choose(traits);
       if (b == nullptr) co_return !ending_;
       if (!co_await SwitchTo(b)) co_return false;
-      AppendReplay(b, &unit_statements_, &unit_stale_);
       outbox_.append(msg);
-      PushForward(b, traits, !c.Has(routing::Flag::kEmpty));
-      NoteStatementEffects(sql, c, b);
-      co_return true;
+      PushForward(b, traits, true);
+      break;
     }
+    case 'X':
+      co_return false;
+    default: {
+      const std::string message =
+          "invalid frontend message type " + std::to_string(static_cast<unsigned char>(type));
+      PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": " << message);
+      co_await Flush();
+      co_await SendFatal(sqlstate::kProtocolViolation, message);
+      co_return false;
+    }
+  }
+  if (batch_.bytes.size() > kMaxHeldBatch) co_await SendBatch(false, true);
+  co_return !ending_;
+}
+
+bool ClientSession::RelayNow(char type, std::string_view msg) {
+  routed_.reset();
+  switch (type) {
+    case 'P':
+    case 'B':
+    case 'D':
+    case 'C':
+    case 'E':
+    case 'c':
+    case 'f':
+      BufferMessage(type, msg);
+      return true;
+    case 'Q': {
+      if (!batch_.empty()) return false;
+      Query q = PrepareQuery(msg);
+      if (ParsePgrelayCommand(q.sql, q.c).kind != PgrelayCommand::Kind::kNone) return false;
+      Backend* b = ChooseNow(q.traits);
+      if (b == nullptr || !SwitchNow(b)) return false;
+      TakeRoute();
+      SendQuery(b, msg, q);
+      return true;
+    }
+    case 'S': {
+      Backend* b = batch_.sticky;
+      const bool chosen = b == nullptr;
+      if (chosen) {
+        b = batch_.failed ? nullptr : BatchHome();
+        if (b == nullptr && !batch_.failed) b = ChooseNow(batch_.traits);
+        if (b == nullptr || !SwitchNow(b)) return false;
+        TakeRoute();
+      }
+      batch_.bytes.append(msg);
+      if (chosen) AppendReplay(b, &batch_.statements, &batch_.stale);
+      SendBatchTo(b, /*final=*/true);
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+ClientSession::Query ClientSession::PrepareQuery(std::string_view msg) {
+  protocol::MessageReader r(msg.substr(5));
+  Query q;
+  q.sql = r.CString();
+  q.c = Classify(q.sql);
+  if (config_ != worker_.config && !InTransaction()) AdoptConfig();  // SHOW pgrelay.* sees it
+  q.traits = TraitsOf(q.c);
+  unit_statements_.clear();
+  unit_stale_.clear();
+  StatementsUsed(q.c, &unit_statements_, &unit_stale_);
+  if (q.c.Has(routing::Flag::kExecute) && q.c.statement_count == 1 && !unit_statements_.empty()) {
+    // EXECUTE runs where its prepared statement may run.
+    const SessionState::Prepared* p = state_.FindPrepared(unit_statements_.front());
+    q.traits.write = p == nullptr || p->traits.write;
+  }
+  return q;
+}
+
+void ClientSession::SendQuery(Backend* b, std::string_view msg, const Query& q) {
+  AppendReplay(b, &unit_statements_, &unit_stale_);
+  outbox_.append(msg);
+  PushForward(b, q.traits, !q.c.Has(routing::Flag::kEmpty));
+  NoteStatementEffects(q.sql, q.c, b);
+}
+
+void ClientSession::BufferMessage(char type, std::string_view msg) {
+  protocol::MessageReader r(msg.substr(5));
+  switch (type) {
     case 'P': {
       std::string_view name = r.CString();
       std::string_view sql = r.CString();
@@ -216,42 +323,13 @@ awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) 
       batch_.has_execute = true;
       batch_.bytes.append(msg);
       break;
-    case 'H':
-      batch_.bytes.append(msg);
-      co_await SendBatch(/*final=*/false, /*forced=*/false);
-      break;
-    case 'S':
-      batch_.bytes.append(msg);
-      co_await SendBatch(/*final=*/true, /*forced=*/false);
-      break;
-    case 'F': {  // FunctionCall: a function may write
-      if (!batch_.empty()) co_await SendBatch(false, true);
-      routing::UnitTraits traits;
-      traits.write = true;
-      Backend* b = co_await Choose(traits);
-      if (b == nullptr) co_return !ending_;
-      if (!co_await SwitchTo(b)) co_return false;
-      outbox_.append(msg);
-      PushForward(b, traits, true);
-      break;
-    }
-    case 'X':
-      co_return false;
     case 'c':  // CopyDone / CopyFail: to the backend in COPY mode
     case 'f':
       outbox_.append(msg);
       break;
-    default: {
-      const std::string message =
-          "invalid frontend message type " + std::to_string(static_cast<unsigned char>(type));
-      PGRELAY_LOG(kWarning, "session", "client " << peer_ << ": " << message);
-      co_await Flush();
-      co_await SendFatal(sqlstate::kProtocolViolation, message);
-      co_return false;
-    }
+    default:
+      break;
   }
-  if (batch_.bytes.size() > kMaxHeldBatch) co_await SendBatch(false, true);
-  co_return !ending_;
 }
 
 routing::Classification ClientSession::Classify(std::string_view sql) {
@@ -281,6 +359,17 @@ void ClientSession::NoteStatementUse(std::string_view name, bool executes) {
   batch_.statements.emplace_back(name);
 }
 
+ClientSession::Backend* ClientSession::BatchHome() {
+  if (batch_.uses_unnamed_without_parse && unnamed_home_ && unnamed_home_->alive &&
+      (current_ == nullptr || current_->forward_pending == 0 || current_ == unnamed_home_)) {
+    return unnamed_home_;  // the unnamed statement lives there
+  }
+  if (!batch_.has_statement && current_ && current_->alive) {
+    return current_;  // nothing to route by (a bare Sync, Describe of a portal): stay
+  }
+  return nullptr;
+}
+
 awaitable<void> ClientSession::SendBatch(bool final, bool forced) {
   Backend* b = batch_.sticky;
   if (b == nullptr) {
@@ -290,14 +379,8 @@ awaitable<void> ClientSession::SendBatch(bool final, bool forced) {
       batch_.Clear();
       co_return;
     }
-    if (batch_.uses_unnamed_without_parse && unnamed_home_ && unnamed_home_->alive &&
-        (current_ == nullptr || current_->forward_pending == 0 || current_ == unnamed_home_)) {
-      b = unnamed_home_;  // the unnamed statement lives there
-    } else if (!batch_.has_statement && current_ && current_->alive) {
-      b = current_;  // nothing to route by (a bare Sync, Describe of a portal): stay
-    } else {
-      b = co_await Choose(batch_.traits, /*respond_ready=*/final);
-    }
+    b = BatchHome();
+    if (b == nullptr) b = co_await Choose(batch_.traits, /*respond_ready=*/final);
     if (b == nullptr) {
       if (!final)
         batch_.failed = true;
@@ -308,6 +391,11 @@ awaitable<void> ClientSession::SendBatch(bool final, bool forced) {
     if (!co_await SwitchTo(b)) co_return;
     AppendReplay(b, &batch_.statements, &batch_.stale);
   }
+  SendBatchTo(b, final);
+  if (!final && !forced) co_await Flush();
+}
+
+void ClientSession::SendBatchTo(Backend* b, bool final) {
   for (const auto& name : batch_.closed) b->prepared.erase(name);
   for (const auto& name : batch_.defined) {
     if (const SessionState::Prepared* p = state_.FindPrepared(name)) b->prepared[name] = p->id;
@@ -329,7 +417,6 @@ awaitable<void> ClientSession::SendBatch(bool final, bool forced) {
     batch_.Clear();
   } else {
     batch_.sticky = b;
-    if (!forced) co_await Flush();
   }
 }
 
@@ -344,22 +431,15 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
   // them, where they run.
   if (Consistent() && writes_in_flight_ > 0 && current_ && current_->alive) co_return current_;
 
-  auto topology = ctx_.monitor->Snapshot();
-  routing::SessionRouting session{strategy_, state_.pinned(), state_.default_read_only()};
-  // Keep a pipelining client on its backend when that backend is as good a target (not under
-  // quorum: every read needs its own read index).
-  const bool pending = current_ && current_->forward_pending > 0;
-  if (pending && current_->alive && strategy_ != config::Strategy::kQuorum) {
-    bool current_is_primary = current_->node == topology->primary;
-    bool needs_primary = worker_.router.NeedsPrimary(traits, session);
-    if (current_is_primary
-            ? needs_primary
-            : !needs_primary && worker_.router.EligibleReplica(*topology, current_->node)) {
-      co_return current_;
-    }
-  }
+  // A copy: the worker's topology may be refreshed while this waits.
+  std::shared_ptr<const health::Topology> topology = worker_.Topology(*ctx_.monitor);
+  const routing::SessionRouting session{strategy_, state_.pinned(), state_.default_read_only()};
+  if (Backend* keep = KeepPipelining(traits, session, *topology)) co_return keep;
   routing::RouteResult route;
-  if (Consistent() && !worker_.router.NeedsPrimary(traits, session)) {
+  if (routed_) {  // RelayNow asked the load balancer already; asking again would skip a node
+    route = *routed_;
+    routed_.reset();
+  } else if (Consistent() && !worker_.router.NeedsPrimary(traits, session)) {
     route = co_await RouteConsistent(traits, session, &topology);
   } else {
     route = worker_.router.Route(traits, session, *topology, worker_.in_flight);
@@ -392,6 +472,44 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
     co_await RespondError(sqlstate::kUnableToConnect, message, respond_ready);
   }
   co_return b;
+}
+
+ClientSession::Backend* ClientSession::ChooseNow(const routing::UnitTraits& traits) {
+  if (InTransaction()) return current_;
+  if (ctx_.pause != nullptr && ctx_.pause->Paused()) return nullptr;
+  if (config_ != worker_.config) AdoptConfig();
+  if (Consistent() && writes_in_flight_ > 0 && current_ && current_->alive) return current_;
+  const health::Topology& topology = *worker_.Topology(*ctx_.monitor);
+  const routing::SessionRouting session{strategy_, state_.pinned(), state_.default_read_only()};
+  if (Backend* keep = KeepPipelining(traits, session, topology)) return keep;
+  if (Consistent() && !worker_.router.NeedsPrimary(traits, session)) return nullptr;
+  routed_ = worker_.router.Route(traits, session, topology, worker_.in_flight);
+  if (routed_->node < 0) return nullptr;
+  Backend* b = backends_[routed_->node].get();
+  if (b == nullptr || !b->alive) return nullptr;
+  return b;
+}
+
+void ClientSession::TakeRoute() {
+  if (routed_ && routed_->fell_back) {
+    worker_.metrics->Inc(ctx_.metrics->reads_fallback_primary.At());
+  }
+  routed_.reset();
+}
+
+ClientSession::Backend* ClientSession::KeepPipelining(const routing::UnitTraits& traits,
+                                                      const routing::SessionRouting& session,
+                                                      const health::Topology& topology) {
+  // Keep a pipelining client on its backend when that backend is as good a target (not under
+  // quorum: every read needs its own read index).
+  const bool pending = current_ && current_->forward_pending > 0;
+  if (!pending || !current_->alive || strategy_ == config::Strategy::kQuorum) return nullptr;
+  const bool current_is_primary = current_->node == topology.primary;
+  const bool needs_primary = worker_.router.NeedsPrimary(traits, session);
+  const bool keep = current_is_primary ? needs_primary
+                                       : !needs_primary && worker_.router.EligibleReplica(
+                                                               topology, current_->node);
+  return keep ? current_ : nullptr;
 }
 
 bool ClientSession::InTransaction() const {
@@ -476,6 +594,7 @@ awaitable<ClientSession::Backend*> ClientSession::OpenBackend(int node) {
                           << ": " << last_connect_error_);
     co_return nullptr;
   }
+  if (cancel_slot_) cancel_slot_->SetTarget(node, CancelTargetOf(*b->conn));
   slot = std::move(b);
   CountBackend(slot.get(), true);
   StartReader(slot.get());
@@ -488,8 +607,17 @@ void ClientSession::StartReader(Backend* b) {
   asio::co_spawn(client_.get_executor(), BackendReader(b), asio::detached);
 }
 
+bool ClientSession::SwitchNow(Backend* b) {
+  if (current_ == b) return true;
+  if (!FlushNow()) return false;
+  if (current_ && current_->alive && current_->forward_pending > 0) return false;
+  current_ = b;
+  UpdateCancelTarget();
+  return true;
+}
+
 awaitable<bool> ClientSession::SwitchTo(Backend* b) {
-  if (current_ != b) {
+  if (!SwitchNow(b)) {
     co_await Flush();
     // Replies must reach the client in order: let the previous backend finish first.
     co_await WaitCurrentDone();
@@ -500,8 +628,7 @@ awaitable<bool> ClientSession::SwitchTo(Backend* b) {
 }
 
 void ClientSession::UpdateCancelTarget() {
-  const BackendConnection& c = *current_->conn;
-  ctx_.cancels->Update(pid_, CancelTarget{c.host(), c.port(), c.pid(), c.key()});
+  if (cancel_slot_) cancel_slot_->SetCurrent(current_->node);
 }
 
 void ClientSession::AppendReplay(Backend* b, const std::vector<std::string>* statements,
@@ -578,12 +705,30 @@ void ClientSession::PushSwallowed(Backend* b) {
   b->pending.push_back(g);
 }
 
-awaitable<bool> ClientSession::Flush() {
-  if (outbox_.empty()) co_return !ending_;
+bool ClientSession::FlushNow() {
+  if (outbox_.empty()) return true;
   if (current_ == nullptr || !current_->alive) {
     outbox_.clear();
-    co_return !ending_;
+    return true;
   }
+  error_code ec;
+  const size_t n = current_->conn->transport().WriteNow(asio::buffer(outbox_), ec);
+  if (ec) {
+    // A failed write shows up in the backend's reader as well, which answers the client.
+    PGRELAY_LOG(kDebug, "session", "client " << peer_ << ": write to backend failed");
+    outbox_.clear();
+    return true;
+  }
+  if (n == outbox_.size()) {
+    outbox_.clear();
+    return true;
+  }
+  outbox_.erase(0, n);  // the rest waits for room (Flush)
+  return false;
+}
+
+awaitable<bool> ClientSession::Flush() {
+  if (FlushNow()) co_return !ending_;
   const asio::const_buffer data(outbox_.data(), outbox_.size());
   auto [ec, n] = co_await current_->conn->transport().Write(data);
   outbox_.clear();
@@ -596,6 +741,28 @@ awaitable<void> ClientSession::WaitCurrentDone() {
   while (current_ && current_->alive && current_->forward_pending > 0 && !ending_) {
     co_await switch_signal_.Wait();
   }
+}
+
+bool ClientSession::WriteToClientNow(std::vector<asio::const_buffer>& buffers, bool* failed) {
+  *failed = false;
+  if (client_writing_) return false;  // another write is under way: after it
+  error_code ec;
+  size_t n = client_.WriteNow(buffers, ec);
+  if (ec) {
+    ending_ = true;
+    CloseAll();
+    *failed = true;
+    return true;
+  }
+  if (n == 0) return false;
+  worker_.metrics->Inc(ctx_.metrics->client_bytes_sent.At(), n);
+  // Drop what was written from the front; the rest (if any) goes by WriteToClient.
+  size_t i = 0;
+  while (i < buffers.size() && n >= buffers[i].size()) n -= buffers[i++].size();
+  if (i == buffers.size()) return true;
+  buffers.erase(buffers.begin(), buffers.begin() + static_cast<std::ptrdiff_t>(i));
+  buffers.front() += n;
+  return false;
 }
 
 awaitable<bool> ClientSession::WriteToClient(const std::vector<asio::const_buffer>& buffers) {
@@ -742,7 +909,14 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
       if (forward_current) Gather(out, piece);
       in.Consume(f.bytes.size());
     }
-    if (!out.empty() && !co_await WriteToClient(out)) co_return;
+    if (!out.empty()) {
+      bool failed = false;
+      if (!WriteToClientNow(out, &failed)) {
+        if (!co_await WriteToClient(out)) co_return;
+      } else if (failed) {
+        co_return;
+      }
+    }
     if (sent_status) {
       status_sending_.clear();
       sent_status = false;
@@ -839,7 +1013,8 @@ awaitable<void> ClientSession::AnswerLost(Backend* b) {
     uint32_t n = b->forward_pending;
     uint32_t i = 0;
     bool lost_write = false;
-    for (const Group& g : b->pending) {
+    for (size_t k = 0; k < b->pending.size(); ++k) {
+      const Group& g = b->pending[k];
       if (!g.forward) continue;
       if (i++ == n) break;
       if (g.write) {
