@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # THE test command (CI runs it through .ci/run):
 #   scripts/test.sh [ctest args...]      e.g. scripts/test.sh -L unit    scripts/test.sh -R psql
-# Installs missing dependencies, builds build/asan (ASan + UBSan), starts a private test cluster
+# Installs missing dependencies, builds build/asan (ASan + UBSan) and build/release (for the
+# allocation test), starts a private test cluster
 # (scripts/cluster.sh in ${PGRELAY_TEST_CLUSTER_DIR:-/tmp/pgrelay-test-cluster}), runs ctest and
 # always stops and removes that cluster on exit. Exits with ctest's status.
 set -euo pipefail
@@ -13,6 +14,10 @@ scripts/install-deps.sh
 
 echo "test.sh: configuring and building build/asan"
 scripts/build.sh asan build/asan
+# The release binary too: test_alloc.py counts its allocations (ASan has its own allocator).
+echo "test.sh: building build/release"
+scripts/build.sh release build/release
+export PGRELAY_RELEASE_BIN="$ROOT/build/release/proxy/pgrelay"
 
 export PGRELAY_CLUSTER_DIR="${PGRELAY_TEST_CLUSTER_DIR:-/tmp/pgrelay-test-cluster}"
 # shellcheck disable=SC2317  # invoked by the trap

@@ -366,9 +366,10 @@ class Pgrelay(Target):
     """One pgrelay process with a config written to its own directory."""
 
     def __init__(self, binary: str, cluster: Cluster, workdir: pathlib.Path, extra: Optional[dict],
-                 wait_ready: bool = True):
+                 wait_ready: bool = True, env: Optional[dict[str, str]] = None):
         super().__init__(cluster)
         self.binary = binary
+        self.env = env  # added to pgrelay's environment
         self.wait_ready = wait_ready
         self.workdir = workdir
         self.extra = extra or {}
@@ -394,8 +395,10 @@ class Pgrelay(Target):
             with open(self.log_path, "ab") as log:
                 log.write(f"==== start attempt {attempt + 1}: {self.binary} --config {self.config_path}\n".encode())
                 log.flush()
+                env = {**os.environ, **self.env} if self.env else None
                 self.proc = subprocess.Popen([self.binary, "--config", str(self.config_path)],
-                                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                             env=env)
             deadline = time.monotonic() + START_TIMEOUT
             while True:
                 rc = self.proc.poll()
@@ -538,9 +541,11 @@ class PgrelayFactory:
         self.basedir = basedir
         self.instances: list[Target] = []
 
-    def __call__(self, extra: Optional[dict] = None, wait_ready: bool = True) -> Target:
+    def __call__(self, extra: Optional[dict] = None, wait_ready: bool = True,
+                 env: Optional[dict[str, str]] = None) -> Target:
         """Starts a pgrelay with the default config deep-merged with `extra` (None values delete
-        keys). wait_ready=False: do not wait for the admin /readyz (e.g. broken backend creds)."""
+        keys). wait_ready=False: do not wait for the admin /readyz (e.g. broken backend creds).
+        env: added to pgrelay's environment."""
         if DIRECT:
             return DirectTarget(self.cluster)
         if not self.binary:
@@ -548,7 +553,7 @@ class PgrelayFactory:
         if not os.access(self.binary, os.X_OK):
             pytest.fail(f"PGRELAY_BIN={self.binary} is not an executable file", pytrace=False)
         relay = Pgrelay(self.binary, self.cluster, self.basedir / f"pgrelay{len(self.instances)}", extra,
-                        wait_ready)
+                        wait_ready, env)
         self.instances.append(relay)
         return relay.start()
 
