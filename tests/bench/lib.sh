@@ -6,12 +6,14 @@
 #                                   PGRELAY_BENCH_NO_BUILD=1 skips the build when the binary exists
 #                                   (e.g. while sources are being edited)
 #   start_relay STRATEGY [YAML...]  starts pgrelay; sets relay_port and relay_admin_port (extra
-#                                   YAML lines appended)
+#                                   YAML lines appended); runs it under "${relay_wrapper[@]}"
+#                                   when set (e.g. valgrind)
 # Everything started is stopped on exit.
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bin=$root/build/release/proxy/pgrelay
 pids=()
 work=""
+relay_wrapper=()
 
 bench_args() {  # --clients N --seconds N --rounds N --mode simple|extended|prepared --no-build
   clients=8 seconds=10 rounds=2 mode=simple
@@ -75,9 +77,9 @@ log: {level: warning}
 YAML
     for line in "$@"; do echo "$line"; done
   } >"$work/$name.yaml"
-  "$bin" --config "$work/$name.yaml" >/dev/null 2>"$work/$name.log" &
+  "${relay_wrapper[@]}" "$bin" --config "$work/$name.yaml" >/dev/null 2>"$work/$name.log" &
   pids+=($!)
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
   relay_port=$port
   relay_admin_port=$admin
 }
