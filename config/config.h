@@ -118,6 +118,27 @@ struct FailoverConfig {
   bool operator==(const FailoverConfig&) const = default;
 };
 
+// coordination.etcd: several pgrelay instances agree through etcd (docs/coordination.md).
+struct EtcdConfig {
+  std::vector<Endpoint> endpoints;          // etcd client URLs as host:port, tried in turn
+  std::string prefix = "/pgrelay/main";     // this cluster's keys live under it
+  std::chrono::seconds lease_ttl{5};        // membership and coordinator leases
+  std::chrono::milliseconds timeout{1000};  // per etcd request, failover between endpoints included
+  std::string user;                         // empty: etcd without authentication
+  std::string password;                     // never log it
+
+  bool operator==(const EtcdConfig&) const = default;
+};
+
+struct CoordinationConfig {
+  std::optional<EtcdConfig> etcd;  // unset: one pgrelay, the failover record in state_file
+  // This instance's name among the members: coordination.member, default "<hostname>:<port of
+  // listen>".
+  std::string member;
+
+  bool operator==(const CoordinationConfig&) const = default;
+};
+
 // tls: TLS toward clients. disable: SSLRequest answered 'N'; allow: TLS for clients that ask;
 // require: clients that do not use TLS are refused (28000). The files are PEM; relative paths
 // are relative to the config file; they are read at start-up and on every reload.
@@ -210,6 +231,7 @@ struct Config {
   Limits limits;
   HealthConfig health;
   FailoverConfig failover;
+  CoordinationConfig coordination;
   LogLevel log_level = LogLevel::kInfo;
 
   const UserConfig* FindUser(std::string_view name) const;  // nullptr if unknown

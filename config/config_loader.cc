@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -228,6 +229,7 @@ class Loader {
   void ReadHealth(const Entry& e);
   void ReadFailover(const Entry& e);
   void ReadTls(const Entry& e);
+  void ReadCoordination(const Entry& e);
   void ReadExistingFile(const Entry& f, std::string* out);
   // A path from the file: relative paths are relative to the config file's directory.
   std::filesystem::path Resolve(const std::string& path) const {
@@ -248,6 +250,7 @@ class Loader {
   int user_count_ = 0;  // list items under `users`, valid or not
   int users_line_ = 0;
   bool users_not_a_list_ = false;  // already reported; "at least one user" would be noise
+  int coordination_line_ = 0;
   int admin_listen_line_ = 0;
   bool admin_token_failed_ = false;  // a token was set but is invalid (already reported)
   std::vector<std::pair<std::string, int>> empty_user_passwords_;  // key path, line
@@ -499,6 +502,7 @@ void Loader::ReadRoot(const YAML::Node& root) {
           {"health", [&](const Entry& e) { ReadHealth(e); }},
           {"failover", [&](const Entry& e) { ReadFailover(e); }},
           {"tls", [&](const Entry& e) { ReadTls(e); }},
+          {"coordination", [&](const Entry& e) { ReadCoordination(e); }},
           {"log",
            [&](const Entry& e) {
              VisitMap(e.value, e.path, e.line,
@@ -510,6 +514,23 @@ void Loader::ReadRoot(const YAML::Node& root) {
            }},
       });
   if (!seen) return;
+  if (config_.coordination.etcd && !config_.failover.state_file.empty()) {
+    Error("coordination.etcd", coordination_line_,
+          "failover.state_file and coordination.etcd exclude each other: with etcd the failover "
+          "record lives in etcd");
+  }
+  if (config_.coordination.etcd && config_.failover.mode == FailoverMode::kAuto) {
+    Error("coordination.etcd", coordination_line_,
+          "failover.mode auto with several pgrelay instances needs the coordinator election, "
+          "which is not built yet: use failover.mode manual (switchover through one pgrelay) or "
+          "off");
+  }
+  if (config_.coordination.etcd && config_.coordination.member.empty()) {
+    char host[256] = {};
+    if (gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
+      std::snprintf(host, sizeof host, "pgrelay");
+    config_.coordination.member = std::string(host) + ":" + std::to_string(config_.listen.port);
+  }
   if (!seen->contains("nodes")) {
     Error("nodes", 0, "missing; list at least one node, e.g. - {name: pg1, host: 127.0.0.1}");
   }
@@ -575,6 +596,86 @@ void Loader::ReadTls(const Entry& e) {
     Error(e.path + ".mode", e.line,
           "tls.mode " + std::string(ToString(tls.mode)) + " needs cert_file and key_file");
   }
+}
+
+// coordination: {member, etcd: {endpoints, prefix, lease_ttl, timeout, user, password*}}
+void Loader::ReadCoordination(const Entry& e) {
+  CoordinationConfig& coordination = config_.coordination;
+  const auto seen = VisitMap(
+      e.value, e.path, e.line,
+      {
+          {"member",
+           [&](const Entry& f) {
+             const std::optional<std::string> member = ReadString(f);
+             if (!member) return;
+             if (member->empty() || member->find_first_of("/ \t\r\n") != std::string::npos) {
+               Error(f,
+                     "must be a non-empty name without '/' or spaces (got " + Quote(*member) + ")");
+               return;
+             }
+             coordination.member = *member;
+           }},
+          {"etcd",
+           [&](const Entry& f) {
+             EtcdConfig etcd;
+             PasswordSource password;
+             auto read_password = [&](const Entry& g) { ReadPassword(g, &password); };
+             const auto keys = VisitMap(
+                 f.value, f.path, f.line,
+                 {
+                     {"endpoints",
+                      [&](const Entry& g) {
+                        VisitList(g, [&](const std::string& path, const YAML::Node& item) {
+                          const std::optional<Endpoint> endpoint =
+                              ReadEndpoint(Entry{"", path, LineOf(item), item});
+                          if (endpoint) etcd.endpoints.push_back(*endpoint);
+                        });
+                      }},
+                     {"prefix",
+                      [&](const Entry& g) {
+                        const std::optional<std::string> prefix = ReadString(g);
+                        if (!prefix) return;
+                        if (prefix->size() < 2 || prefix->front() != '/' || prefix->back() == '/') {
+                          Error(g, "must start with '/' and not end with one, e.g. /pgrelay/main");
+                          return;
+                        }
+                        etcd.prefix = *prefix;
+                      }},
+                     {"lease_ttl",
+                      [&](const Entry& g) {
+                        const std::optional<milliseconds> ttl = ReadDuration(g);
+                        if (!ttl) return;
+                        if (*ttl < std::chrono::seconds(2) || ttl->count() % 1000 != 0) {
+                          Error(g,
+                                "must be whole seconds, at least 2s (etcd leases count seconds)");
+                          return;
+                        }
+                        etcd.lease_ttl = std::chrono::duration_cast<std::chrono::seconds>(*ttl);
+                      }},
+                     {"timeout", [&](const Entry& g) { Set(ReadDuration(g), &etcd.timeout); }},
+                     {"user", [&](const Entry& g) { Set(ReadString(g), &etcd.user); }},
+                     {"password", read_password},
+                     {"password_env", read_password},
+                     {"password_file", read_password},
+                 });
+             if (!keys) return;
+             if (etcd.endpoints.empty()) {
+               Error(f.path + ".endpoints", f.line,
+                     "missing; list the etcd members' client addresses, e.g. [127.0.0.1:2379]");
+             }
+             if (etcd.timeout * 3 > etcd.lease_ttl) {
+               Error(f.path + ".timeout", f.line,
+                     "must be at most a third of lease_ttl, so a lease is renewed in time");
+             }
+             if (password.count > 0 && etcd.user.empty()) {
+               Error(f.path + ".user", f.line, "missing; an etcd password needs its user");
+             }
+             etcd.password = password.value.value_or("");
+             coordination.etcd = std::move(etcd);
+           }},
+      });
+  if (!seen) return;
+  coordination_line_ = e.line;
 }
 
 // admin: {listen, token | token_env}

@@ -86,12 +86,14 @@ ReloadPlan PlanReload(const Config& running, const Config& loaded, std::string_v
   keep(loaded.failover.mode != running.failover.mode, "failover.mode");
   keep(loaded.failover.state_file != running.failover.state_file, "failover.state_file");
   keep(loaded.health.database != running.health.database, "health.database");
+  keep(!(loaded.coordination == running.coordination), "coordination");
   next->listen = running.listen;
   next->workers = running.workers;
   next->admin_listen = running.admin_listen;
   next->failover.mode = running.failover.mode;
   next->failover.state_file = running.failover.state_file;
   next->health.database = running.health.database;
+  next->coordination = running.coordination;
   if (next->admin_token.empty() && !IsLoopbackHost(next->admin_listen.host)) {
     plan.errors.push_back("admin.token: cannot be removed while the admin endpoint listens on " +
                           next->admin_listen.ToString() + " (not loopback)");

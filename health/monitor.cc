@@ -22,6 +22,7 @@
 
 #include "config/log.h"
 #include "health/cluster_state.h"
+#include "health/etcd_state_store.h"
 #include "health/failover.h"
 #include "health/hook.h"
 #include "health/node_probe.h"
@@ -88,6 +89,15 @@ class Monitor::Impl {
   // Records a new primary the topology settled on (first discovery, or a promotion made
   // outside pgrelay); false if the record could not be stored (then no primary is published).
   bool RecordPrimary(const Topology& t);
+  // After a refused Store (another pgrelay wrote first, coordination.etcd): reads the record
+  // and follows it if it is newer than ours. True if it was adopted.
+  bool AdoptNewerRecord();
+  // coordination.etcd: reads the shared record (at most once per interval) and follows a newer
+  // one written by another pgrelay (a switchover or failover made there).
+  void RefreshSharedRecord(Clock::time_point now);
+  bool Shared() const { return config_->coordination.etcd.has_value(); }
+  Clock::time_point last_record_refresh_{};
+  bool record_refresh_failing_ = false;
   void MaybeFailover(const Topology& t);
   asio::awaitable<void> RunFailover(PromotionPlan plan, std::shared_ptr<const Topology> t);
   asio::awaitable<bool> DrainPrimary(const NodeStatus& primary);
@@ -244,7 +254,13 @@ std::shared_ptr<const Topology> Monitor::Impl::Initial() const {
 void Monitor::Impl::Start() {
   if (thread_.joinable() || stopping_) return;
   if (Recording()) {
-    if (config_->failover.state_file.empty()) {
+    if (Shared()) {
+      store_ = std::make_unique<EtcdStateStore>(*config_->coordination.etcd);
+      PGRELAY_LOG(kInfo, "failover",
+                  "failover record shared through etcd at "
+                      << EtcdStateStore::RecordKey(config_->coordination.etcd->prefix)
+                      << " (member " << config_->coordination.member << ")");
+    } else if (config_->failover.state_file.empty()) {
       store_ = std::make_unique<MemoryStateStore>();
       PGRELAY_LOG(kWarning, "failover",
                   "failover.state_file is not set: the failover record lives in memory only, "
@@ -401,6 +417,7 @@ bool Monitor::Impl::RecordPrimary(const Topology& t) {
   ClusterRecord next{record_ ? record_->epoch + 1 : 1, p.name, p.timeline};
   std::string error;
   if (!store_->Store(next, &error)) {
+    if (AdoptNewerRecord()) return record_->primary == p.name;
     PGRELAY_LOG(kError, "failover",
                 "cannot store the failover record (primary "
                     << p.name << ", epoch " << next.epoch << "): " << error
@@ -418,8 +435,53 @@ bool Monitor::Impl::RecordPrimary(const Topology& t) {
   return true;
 }
 
+bool Monitor::Impl::AdoptNewerRecord() {
+  std::optional<ClusterRecord> latest;
+  std::string error;
+  if (!store_->Load(&latest, &error)) {
+    PGRELAY_LOG(kWarning, "failover", error);
+    return false;
+  }
+  if (!latest || (record_ && latest->epoch <= record_->epoch)) return false;
+  PGRELAY_LOG(kWarning, "failover",
+              "following the failover record written by another pgrelay: primary "
+                  << latest->primary << " at epoch " << latest->epoch
+                  << (record_ ? " (was " + record_->primary + " at epoch " +
+                                    std::to_string(record_->epoch) + ")"
+                              : std::string()));
+  record_ = latest;
+  epoch_ = latest->epoch;
+  return true;
+}
+
+void Monitor::Impl::RefreshSharedRecord(Clock::time_point now) {
+  if (!Shared() || !store_ || failover_running_ || now - last_record_refresh_ < interval_) return;
+  last_record_refresh_ = now;
+  std::optional<ClusterRecord> latest;
+  std::string error;
+  if (!store_->Load(&latest, &error)) {
+    if (!record_refresh_failing_) {
+      PGRELAY_LOG(kWarning, "failover",
+                  error << "; keeping primary " << (record_ ? record_->primary : "-")
+                        << " at epoch " << epoch_ << " (no record change without etcd)");
+    }
+    record_refresh_failing_ = true;
+    return;
+  }
+  if (record_refresh_failing_) PGRELAY_LOG(kInfo, "failover", "etcd answers again");
+  record_refresh_failing_ = false;
+  if (latest && (!record_ || latest->epoch > record_->epoch)) {
+    PGRELAY_LOG(kWarning, "failover",
+                "following the failover record written by another pgrelay: primary "
+                    << latest->primary << " at epoch " << latest->epoch);
+    record_ = latest;
+    epoch_ = latest->epoch;
+  }
+}
+
 void Monitor::Impl::Publish() {
   published_ = true;
+  if (Recording()) RefreshSharedRecord(Clock::now());
   Topology t;
   if (Recording()) {
     const RecordedPrimary recorded{RecordedIndex(), record_ ? record_->timeline : 0};
@@ -731,8 +793,20 @@ asio::awaitable<void> Monitor::Impl::FinishPromotion(const NodeStatus& candidate
   if (!store_->Store(next, &error)) {
     PGRELAY_LOG(kError, "failover", "cannot store the failover record: " << error);
   }
-  record_ = next;
-  epoch_ = next.epoch;
+  if (!error.empty() && AdoptNewerRecord()) {
+    // Another pgrelay recorded a different change first: its record is the truth, and the node
+    // promoted here is fenced as a primary of an older epoch; the replicas stay as they are.
+    PGRELAY_LOG(kError, "failover",
+                "promoted " << candidate.name << ", but another pgrelay recorded primary "
+                            << record_->primary << " at epoch " << epoch_ << " first; "
+                            << candidate.name << " is fenced");
+    failover_running_ = false;
+    StartRound(Clock::now());
+    co_return;
+  } else {
+    record_ = next;
+    epoch_ = next.epoch;
+  }
   ++failovers_;
   failover_running_ = false;
   PGRELAY_LOG(kWarning, "failover",

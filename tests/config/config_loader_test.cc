@@ -929,3 +929,82 @@ TEST(ConfigTlsTest, Problems) {
 
 }  // namespace
 }  // namespace pgrelay::config
+
+namespace pgrelay::config {
+namespace {
+
+TEST(ConfigLoaderTest, CoordinationEtcd) {
+  const Config none = MustLoad(kBase);
+  EXPECT_FALSE(none.coordination.etcd.has_value());
+
+  setenv("PGRELAY_TEST_ETCD_PASSWORD", "etcd-secret", 1);
+  const Config c = MustLoad(std::string(kBase) + R"(listen: 127.0.0.1:7000
+coordination:
+  member: relay-a
+  etcd:
+    endpoints: [127.0.0.1:2379, "10.0.0.2:2379"]
+    prefix: /pgrelay/prod
+    lease_ttl: 6s
+    timeout: 500ms
+    user: pgrelay
+    password_env: PGRELAY_TEST_ETCD_PASSWORD
+)");
+  ASSERT_TRUE(c.coordination.etcd.has_value());
+  const EtcdConfig& etcd = *c.coordination.etcd;
+  ASSERT_EQ(etcd.endpoints.size(), 2u);
+  EXPECT_EQ(etcd.endpoints[0].ToString(), "127.0.0.1:2379");
+  EXPECT_EQ(etcd.endpoints[1].ToString(), "10.0.0.2:2379");
+  EXPECT_EQ(etcd.prefix, "/pgrelay/prod");
+  EXPECT_EQ(etcd.lease_ttl, std::chrono::seconds(6));
+  EXPECT_EQ(etcd.timeout, milliseconds(500));
+  EXPECT_EQ(etcd.user, "pgrelay");
+  EXPECT_EQ(etcd.password, "etcd-secret");
+  EXPECT_EQ(c.coordination.member, "relay-a");
+
+  // Defaults: prefix, TTL, timeout; the member is named after the host and the listen port.
+  const Config d =
+      MustLoad(std::string(kBase) +
+               "listen: 127.0.0.1:7001\ncoordination: {etcd: {endpoints: [127.0.0.1:2379]}}\n");
+  EXPECT_EQ(d.coordination.etcd->prefix, "/pgrelay/main");
+  EXPECT_EQ(d.coordination.etcd->lease_ttl, std::chrono::seconds(5));
+  EXPECT_EQ(d.coordination.etcd->timeout, milliseconds(1000));
+  EXPECT_TRUE(d.coordination.member.ends_with(":7001")) << d.coordination.member;
+}
+
+TEST(ConfigLoaderTest, CoordinationEtcdErrors) {
+  auto error = [](const std::string& section) { return SingleError(std::string(kBase) + section); };
+  ConfigError e = error("coordination: {etcd: {prefix: /x}}\n");
+  EXPECT_EQ(e.key, "coordination.etcd.endpoints");
+  EXPECT_NE(e.message.find("missing"), std::string::npos) << e.message;
+
+  e = error("coordination: {etcd: {endpoints: [127.0.0.1:2379], prefix: pgrelay/}}\n");
+  EXPECT_EQ(e.key, "coordination.etcd.prefix");
+
+  e = error("coordination: {etcd: {endpoints: [127.0.0.1:2379], lease_ttl: 1s}}\n");
+  EXPECT_EQ(e.key, "coordination.etcd.lease_ttl");
+  e = error("coordination: {etcd: {endpoints: [127.0.0.1:2379], lease_ttl: 2500ms}}\n");
+  EXPECT_NE(e.message.find("whole seconds"), std::string::npos) << e.message;
+
+  e = error("coordination: {etcd: {endpoints: [127.0.0.1:2379], lease_ttl: 3s, timeout: 2s}}\n");
+  EXPECT_EQ(e.key, "coordination.etcd.timeout");
+  EXPECT_NE(e.message.find("a third of lease_ttl"), std::string::npos) << e.message;
+
+  e = error("coordination: {etcd: {endpoints: [127.0.0.1:2379], password: x}}\n");
+  EXPECT_EQ(e.key, "coordination.etcd.user");
+
+  e = error("coordination: {member: 'a b', etcd: {endpoints: [127.0.0.1:2379]}}\n");
+  EXPECT_EQ(e.key, "coordination.member");
+
+  e = error(
+      "failover: {mode: manual, state_file: /tmp/x}\n"
+      "coordination: {etcd: {endpoints: [127.0.0.1:2379]}}\n");
+  EXPECT_EQ(e.key, "coordination.etcd");
+  EXPECT_NE(e.message.find("exclude each other"), std::string::npos) << e.message;
+
+  e = error("failover: {mode: auto}\ncoordination: {etcd: {endpoints: [127.0.0.1:2379]}}\n");
+  EXPECT_EQ(e.key, "coordination.etcd");
+  EXPECT_NE(e.message.find("coordinator election"), std::string::npos) << e.message;
+}
+
+}  // namespace
+}  // namespace pgrelay::config

@@ -129,6 +129,19 @@ TEST(PlanReload, StartupOnlyKeysKeepTheirRunningValues) {
   EXPECT_EQ(plan.restart_needed, (std::vector<std::string>{"listen", "workers"}));
 }
 
+TEST(PlanReload, CoordinationIsStartupOnly) {
+  auto running =
+      Load(Nodes(kTwo) + "coordination: {member: a, etcd: {endpoints: [127.0.0.1:2379]}}\n");
+  ReloadPlan plan = PlanReload(
+      *running,
+      *Load(Nodes(kTwo) + "coordination: {member: b, etcd: {endpoints: [127.0.0.1:2380]}}\n"),
+      "pg1");
+  ASSERT_NE(plan.config, nullptr);
+  EXPECT_EQ(plan.config->coordination.member, "a");
+  EXPECT_EQ(plan.config->coordination.etcd->endpoints.front().port, 2379);
+  EXPECT_EQ(plan.restart_needed, (std::vector<std::string>{"coordination"}));
+}
+
 TEST(PlanReload, UsersAndTokenChangesAreNamedWithoutSecrets) {
   auto running = Load(Nodes(kTwo) + "admin: {token: first-token}\n");
   const std::string next_yaml =

@@ -24,6 +24,8 @@
 #include <sstream>
 #include <thread>
 
+#include "health/etcd_state_store.h"
+
 extern char** environ;
 
 namespace pgrelay::health {
@@ -875,6 +877,79 @@ TEST(EtcdEndpointTest, PrefixEnd) {
   EXPECT_EQ(EtcdPrefixEnd("a\xfe"), "a\xff");
   EXPECT_EQ(EtcdPrefixEnd("\xff\xff"), std::string(1, '\0'));
   EXPECT_EQ(EtcdPrefixEnd(""), std::string(1, '\0'));
+}
+
+config::EtcdConfig StoreConfig(const std::string& endpoint, const std::string& prefix) {
+  config::EtcdConfig c;
+  const size_t colon = endpoint.rfind(':');
+  c.endpoints.push_back(config::Endpoint{
+      endpoint.substr(0, colon), static_cast<uint16_t>(std::stoi(endpoint.substr(colon + 1)))});
+  c.prefix = prefix;
+  c.timeout = 2000ms;
+  return c;
+}
+
+// Two pgrelays share the failover record: both read epoch 1 and both try to record epoch 2 with
+// a different primary; exactly one write lands, the other learns the winner, and the record in
+// etcd was changed exactly once.
+TEST_F(EtcdClientTest, StateStoreCompareAndSwapLetsOneOfTwoRacingWritersWin) {
+  EtcdStateStore a(StoreConfig(etcd_.endpoint(), "/pgrelay/test"));
+  EtcdStateStore b(StoreConfig(etcd_.endpoint(), "/pgrelay/test"));
+  std::string error;
+  std::optional<ClusterRecord> loaded;
+  ASSERT_TRUE(a.Load(&loaded, &error)) << error;
+  EXPECT_FALSE(loaded.has_value()) << "no record yet";
+
+  // Both record the first primary; only the first to write succeeds (create-if-absent).
+  ASSERT_TRUE(b.Load(&loaded, &error)) << error;
+  ASSERT_TRUE(a.Store(ClusterRecord{1, "pg1", 1}, &error)) << error;
+  EXPECT_FALSE(b.Store(ClusterRecord{1, "pg1", 1}, &error));
+  EXPECT_NE(error.find("primary pg1 at epoch 1"), std::string::npos) << error;
+  ASSERT_TRUE(b.last_seen().has_value());
+  EXPECT_EQ(*b.last_seen(), (ClusterRecord{1, "pg1", 1}));
+
+  // Both now know epoch 1; both race for epoch 2 with different candidates.
+  ASSERT_TRUE(a.Load(&loaded, &error)) << error;
+  ASSERT_TRUE(b.Load(&loaded, &error)) << error;
+  ASSERT_EQ(loaded, (ClusterRecord{1, "pg1", 1}));
+  const bool a_won = a.Store(ClusterRecord{2, "pg2", 2}, &error);
+  const bool b_won = b.Store(ClusterRecord{2, "pg3", 2}, &error);
+  EXPECT_TRUE(a_won);
+  EXPECT_FALSE(b_won) << "two writers recorded epoch 2";
+  EXPECT_NE(error.find("another pgrelay changed the failover record first: primary pg2 at epoch 2"),
+            std::string::npos)
+      << error;
+  EXPECT_EQ(*b.last_seen(), (ClusterRecord{2, "pg2", 2}));
+
+  // etcd's own history: the key was written twice (epoch 1 once, epoch 2 once).
+  EtcdClient client(Options());
+  auto r = client.Range(EtcdStateStore::RecordKey("/pgrelay/test"), &error);
+  ASSERT_TRUE(r.has_value()) << error;
+  ASSERT_EQ(r->kvs.size(), 1u);
+  EXPECT_EQ(r->kvs[0].version, 2) << "the record was written exactly twice";
+  EXPECT_EQ(ParseRecord(r->kvs[0].value), (ClusterRecord{2, "pg2", 2}));
+
+  // The loser, now up to date, can record the next change.
+  EXPECT_TRUE(b.Store(ClusterRecord{3, "pg3", 3}, &error)) << error;
+  ASSERT_TRUE(a.Load(&loaded, &error)) << error;
+  EXPECT_EQ(loaded, (ClusterRecord{3, "pg3", 3}));
+}
+
+TEST_F(EtcdClientTest, StateStoreReportsAnUnreadableRecordAndUnreachableEtcd) {
+  EtcdClient client(Options());
+  std::string error;
+  ASSERT_TRUE(client.Put(EtcdStateStore::RecordKey("/pgrelay/bad"), "garbage", 0, &error)) << error;
+  EtcdStateStore bad(StoreConfig(etcd_.endpoint(), "/pgrelay/bad"));
+  std::optional<ClusterRecord> loaded;
+  EXPECT_FALSE(bad.Load(&loaded, &error));
+  EXPECT_NE(error.find("is not a valid record"), std::string::npos) << error;
+
+  EtcdStateStore gone(StoreConfig("127.0.0.1:" + std::to_string(FreePort()), "/pgrelay/x"));
+  EXPECT_FALSE(gone.Load(&loaded, &error));
+  EXPECT_NE(error.find("cannot read the failover record /pgrelay/x/record from etcd"),
+            std::string::npos)
+      << error;
+  EXPECT_FALSE(gone.Store(ClusterRecord{1, "pg1", 1}, &error));
 }
 
 }  // namespace
