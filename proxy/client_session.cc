@@ -47,6 +47,10 @@ ClientSession::ClientSession(tcp::socket socket, ServerContext& context, WorkerC
       self_(std::make_shared<ClientSession*>(this)),
       lsn_timer_(client_.get_executor()) {
   backends_.resize(config::kMaxNodes);  // one per node slot: never reallocated
+  // Room for typical statements up front: a query a little longer than every one before it
+  // would otherwise grow these (an allocation) in the middle of a busy session.
+  outbox_.reserve(kMessageRoom);
+  batch_.bytes.reserve(kMessageRoom);
   peer_ = PeerName(client_.socket());
   peer_address_ = peer_.substr(0, peer_.rfind(':'));
   error_code ignored;

@@ -285,6 +285,7 @@ class ClientSession {
   std::optional<routing::RouteResult> routed_;  // see ChooseNow
   std::vector<std::string> unit_statements_;
   std::vector<std::string> unit_stale_;
+  static constexpr size_t kMessageRoom = 1024;             // reserved in outbox_ and batch_.bytes
   std::string outbox_;                                     // bytes for current_, written by Flush()
   config::Strategy strategy_ = config::Strategy::kLeader;  // routing.strategy or an override
   char tx_status_ = 'I';
