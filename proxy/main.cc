@@ -9,6 +9,7 @@
 #include "config/config_loader.h"
 #include "config/log.h"
 #include "health/catalog_refresher.h"
+#include "health/coordinator.h"
 #include "health/lsn_tracker.h"
 #include "health/monitor.h"
 #include "proxy/admin/admin_server.h"
@@ -150,6 +151,15 @@ int main(int argc, char** argv) {
     PGRELAY_LOG(kError, "failover", e.what());
     return 1;
   }
+  // coordination.etcd: membership and the coordinator election (docs/coordination.md).
+  std::unique_ptr<pgrelay::health::Coordinator> coordinator;
+  if (result.config->coordination.etcd) {
+    coordinator = std::make_unique<pgrelay::health::Coordinator>(
+        *result.config->coordination.etcd, result.config->coordination.member,
+        result.config->health.interval,
+        [&monitor] { return pgrelay::health::DescribeView(*monitor.Snapshot()); });
+    coordinator->Start();
+  }
   pgrelay::health::CatalogRefresher catalog(result.config, &monitor);
   catalog.Start();
   pgrelay::health::LsnTracker lsn(result.config, &monitor);
@@ -167,10 +177,26 @@ int main(int argc, char** argv) {
   admin_sources.backend_connections = [&metrics] { return metrics.BackendConnections(); };
   pgrelay::proxy::PauseGate pause;
   std::unique_ptr<pgrelay::proxy::ReloadController> reload;
-  admin_sources.on_action = [&pause, &monitor, &reload](std::string_view action,
-                                                        std::string_view query) {
+  admin_sources.on_action = [&pause, &monitor, &reload, &coordinator](std::string_view action,
+                                                                      std::string_view query) {
+    if (action == "switchover" && coordinator && !coordinator->IsCoordinator()) {
+      // Only the coordinator promotes: two instances must never move the primary at once.
+      const std::string holder = coordinator->Snapshot().holder;
+      return pgrelay::admin::ActionResult{
+          409,
+          "this pgrelay (" + coordinator->Snapshot().member +
+              ") is not the coordinator; send the switchover to " +
+              (holder.empty() ? std::string("the coordinator (none is elected now)") : holder) +
+              "\n"};
+    }
     return AdminAction(&monitor, &pause, reload.get(), action, query);
   };
+  if (coordinator) {
+    admin_sources.coordination =
+        [&coordinator]() -> std::optional<pgrelay::health::Coordinator::Status> {
+      return coordinator->Snapshot();
+    };
+  }
   pgrelay::admin::AdminServer admin(admin_options, admin_sources);
   reload = std::make_unique<pgrelay::proxy::ReloadController>(
       config_path, result.config, tls, backend_tls,
@@ -194,6 +220,7 @@ int main(int argc, char** argv) {
     reload->SetServer(nullptr);
   }
   admin.Stop();
+  if (coordinator) coordinator->Stop(/*release=*/true);  // the others take over at once
   lsn.Stop();
   catalog.Stop();
   monitor.Stop();

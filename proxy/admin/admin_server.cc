@@ -14,6 +14,7 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
+#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 #include <cctype>
@@ -446,6 +447,25 @@ Response AdminServer::Impl::Cluster(const Request& request) const {
   root["primary_conflict"] = topology->primary_conflict;
   if (sources_.client_connections) root["client_connections"] = sources_.client_connections();
   root["nodes"] = std::move(nodes);
+  if (sources_.coordination) {
+    if (const std::optional<health::Coordinator::Status> c = sources_.coordination()) {
+      json::object coordination;
+      coordination["member"] = c->member;
+      coordination["coordinator"] =
+          c->holder.empty() ? json::value(nullptr) : json::value(c->holder);
+      coordination["is_coordinator"] = c->coordinator;
+      coordination["etcd_reachable"] = c->etcd_reachable;
+      if (!c->etcd_reachable) coordination["etcd_error"] = c->last_error;
+      json::object members;
+      for (const auto& [name, view] : c->members) {
+        error_code ec;
+        json::value parsed = json::parse(view, ec);
+        members[name] = ec ? json::value(view) : std::move(parsed);
+      }
+      coordination["members"] = std::move(members);
+      root["coordination"] = std::move(coordination);
+    }
+  }
 
   Response response = Text(request, http::status::ok, json::serialize(root) + "\n");
   response.set(http::field::content_type, kJsonType);

@@ -9,11 +9,13 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "config/config.h"
+#include "health/coordinator.h"
 #include "health/topology.h"
 
 namespace pgrelay::admin {
@@ -48,6 +50,8 @@ struct AdminSources {
   // POST /pause, /resume, /reload, /switchover (after the token check). `action` is the path
   // without the slash, `query` the raw query string ("to=pg2"). Empty: 501 Not Implemented.
   std::function<ActionResult(std::string_view action, std::string_view query)> on_action;
+  // For /cluster with coordination.etcd: this instance's membership and the coordinator.
+  std::function<std::optional<health::Coordinator::Status>()> coordination;
 };
 
 class AdminServer {

@@ -24,6 +24,7 @@
 #include <sstream>
 #include <thread>
 
+#include "health/coordinator.h"
 #include "health/etcd_state_store.h"
 
 extern char** environ;
@@ -950,6 +951,109 @@ TEST_F(EtcdClientTest, StateStoreReportsAnUnreadableRecordAndUnreachableEtcd) {
             std::string::npos)
       << error;
   EXPECT_FALSE(gone.Store(ClusterRecord{1, "pg1", 1}, &error));
+}
+
+// --- Coordinator: membership and election -------------------------------------------------
+
+config::EtcdConfig CoordinationConfig(const std::string& endpoint, const std::string& prefix) {
+  config::EtcdConfig c = StoreConfig(endpoint, prefix);
+  c.lease_ttl = std::chrono::seconds(2);
+  c.timeout = 500ms;
+  return c;
+}
+
+std::unique_ptr<Coordinator> StartCoordinator(const std::string& endpoint,
+                                              const std::string& prefix,
+                                              const std::string& member) {
+  auto c = std::make_unique<Coordinator>(CoordinationConfig(endpoint, prefix), member, 100ms,
+                                         [member] { return "view of " + member; });
+  c->Start();
+  return c;
+}
+
+// The coordinators among `all` that act as coordinator now.
+std::vector<std::string> Acting(const std::vector<Coordinator*>& all) {
+  std::vector<std::string> names;
+  for (Coordinator* c : all) {
+    if (c->IsCoordinator()) names.push_back(c->Snapshot().member);
+  }
+  return names;
+}
+
+bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return condition();
+}
+
+TEST_F(EtcdClientTest, CoordinatorElectionNeverHasTwoCoordinatorsAndListsTheMembers) {
+  auto a = StartCoordinator(etcd_.endpoint(), "/pgrelay/elect", "relay-a");
+  auto b = StartCoordinator(etcd_.endpoint(), "/pgrelay/elect", "relay-b");
+  auto c = StartCoordinator(etcd_.endpoint(), "/pgrelay/elect", "relay-c");
+  const std::vector<Coordinator*> all{a.get(), b.get(), c.get()};
+  ASSERT_TRUE(WaitFor([&] { return Acting(all).size() == 1; }, 5s)) << "no coordinator elected";
+  // Sampled for 2 s (several lease renewals): always exactly one, always the same.
+  const std::string first = Acting(all).front();
+  for (int i = 0; i < 100; ++i) {
+    const std::vector<std::string> acting = Acting(all);
+    ASSERT_LE(acting.size(), 1u) << "two coordinators at once";
+    if (!acting.empty()) {
+      EXPECT_EQ(acting.front(), first);
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (Coordinator* x : all) {
+          const Coordinator::Status s = x->Snapshot();
+          if (s.holder != first || s.members.size() != 3 || !s.etcd_reachable) return false;
+        }
+        return true;
+      },
+      3s));
+  const Coordinator::Status s = b->Snapshot();
+  EXPECT_EQ(s.members.at("relay-a"), "view of relay-a");
+  EXPECT_EQ(s.members.at("relay-c"), "view of relay-c");
+}
+
+TEST_F(EtcdClientTest, CrashedCoordinatorIsReplacedAfterItsLeaseCouldHaveExpired) {
+  auto a = StartCoordinator(etcd_.endpoint(), "/pgrelay/crash", "relay-a");
+  ASSERT_TRUE(WaitFor([&] { return a->IsCoordinator(); }, 5s));
+  auto b = StartCoordinator(etcd_.endpoint(), "/pgrelay/crash", "relay-b");
+  ASSERT_TRUE(WaitFor([&] { return b->Snapshot().holder == "relay-a"; }, 5s));
+  EXPECT_FALSE(b->IsCoordinator());
+
+  // A crash: the thread stops, the lease is not revoked.
+  const auto crashed = Clock::now();
+  a->Stop(/*release=*/false);
+  ASSERT_TRUE(WaitFor([&] { return b->IsCoordinator(); }, 6s)) << "no takeover";
+  const auto took = Clock::now() - crashed;
+  // Not before relay-a's lease could have run out (renewed at most TTL/3 before the crash), and
+  // within the TTL plus a round of b's.
+  EXPECT_GE(took, 2s * 2 / 3 - 100ms);
+  EXPECT_LE(took, 2s + 1500ms);
+  EXPECT_EQ(b->Snapshot().holder, "relay-b");
+}
+
+TEST_F(EtcdClientTest, CleanStopHandsTheRoleOverAtOnceAndEtcdLossStopsActing) {
+  auto a = StartCoordinator(etcd_.endpoint(), "/pgrelay/handover", "relay-a");
+  ASSERT_TRUE(WaitFor([&] { return a->IsCoordinator(); }, 5s));
+  auto b = StartCoordinator(etcd_.endpoint(), "/pgrelay/handover", "relay-b");
+  ASSERT_TRUE(WaitFor([&] { return b->Snapshot().members.size() == 2; }, 5s));
+  const auto stopped = Clock::now();
+  a->Stop(/*release=*/true);  // revokes the lease: the key goes at once
+  ASSERT_TRUE(WaitFor([&] { return b->IsCoordinator(); }, 3s));
+  EXPECT_LT(Clock::now() - stopped, 1s) << "a released role should not wait for the lease TTL";
+
+  // etcd goes away: b stops acting as coordinator before its lease could expire (TTL 2 s).
+  const auto lost = Clock::now();
+  etcd_.Kill();
+  ASSERT_TRUE(WaitFor([&] { return !b->IsCoordinator(); }, 3s));
+  EXPECT_LT(Clock::now() - lost, 2s);
+  EXPECT_FALSE(b->Snapshot().etcd_reachable);
 }
 
 }  // namespace

@@ -7,10 +7,16 @@ a real 3-member etcd cluster on loopback and two pgrelays on the shared PostgreS
   older epoch is fenced everywhere, writes are refused by both, and they come back when a newer
   epoch names that node again.
 - One etcd member down changes nothing.
+- Membership and the coordinator election: both instances list each other with their views,
+  exactly one is the coordinator, only it accepts a switchover, and when it is killed (no clean
+  release of its lease) the other takes over within lease TTL + one interval.
 """
 from __future__ import annotations
 
 import json
+import signal
+import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -34,12 +40,28 @@ def cluster_view(relay) -> dict:
         return json.loads(r.read())
 
 
+LEASE_TTL_S = 2
+INTERVAL_S = 0.2
+
+
 def coordinated(etcd: EtcdCluster, prefix: str, member: str) -> dict:
     return {
         "failover": {"mode": "manual", "hold_writes": 0},
-        "coordination": {"member": member, "etcd": {"endpoints": etcd.endpoints, "prefix": prefix}},
-        "health": {"interval": "200ms"},
+        "coordination": {"member": member,
+                         "etcd": {"endpoints": etcd.endpoints, "prefix": prefix,
+                                  "lease_ttl": f"{LEASE_TTL_S}s", "timeout": "500ms"}},
+        "health": {"interval": f"{int(INTERVAL_S * 1000)}ms"},
     }
+
+
+def post(relay, path: str) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{relay.admin_port}{path}", data=b"",
+                                     method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
 
 
 def write_fails(relay) -> str:
@@ -111,3 +133,48 @@ def test_config_refuses_auto_failover_with_etcd_until_the_election_exists(etcd, 
                          capture_output=True, text=True, timeout=30)
     assert out.returncode != 0
     assert "coordinator election" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_membership_election_and_takeover_when_the_coordinator_dies(etcd, make_pgrelay):
+    prefix = f"/pgrelay/test-{uuid.uuid4().hex[:8]}"
+    relays = {name: make_pgrelay(coordinated(etcd, prefix, name)) for name in ("relay-a", "relay-b")}
+
+    def coordination(relay) -> dict:
+        return cluster_view(relay)["coordination"]
+
+    # Both list both members, with their views of the nodes, and agree on one coordinator.
+    def agreed():
+        views = [coordination(r) for r in relays.values()]
+        holders = {v["coordinator"] for v in views}
+        return (len(holders) == 1 and None not in holders and
+                all(set(v["members"]) == set(relays) for v in views))
+    wait_until(agreed, timeout=10, what="both pgrelays to list each other and agree on a coordinator")
+    holder = coordination(relays["relay-a"])["coordinator"]
+    other = "relay-b" if holder == "relay-a" else "relay-a"
+    assert coordination(relays[holder])["is_coordinator"] is True
+    assert coordination(relays[other])["is_coordinator"] is False
+    view = coordination(relays[other])["members"][holder]
+    assert view["primary"] == "pg1" and view["nodes"]["pg1"]["role"] == "primary", view
+
+    # Only the coordinator may move the primary.
+    status, body = post(relays[other], "/switchover?to=pg2")
+    assert status == 409, body
+    assert f"send the switchover to {holder}" in body, body
+
+    # The coordinator dies without releasing its lease: the other takes over within the lease
+    # TTL plus one interval (and not before the dead one's lease could have run out).
+    dead = relays.pop(holder)
+    killed = time.monotonic()
+    dead.proc.send_signal(signal.SIGKILL)
+    dead.proc.wait(timeout=10)
+    make_pgrelay.instances.remove(dead)
+    survivor = relays[other]
+    wait_until(lambda: coordination(survivor)["is_coordinator"], timeout=LEASE_TTL_S + 5,
+               interval=0.05, what="the surviving pgrelay to become coordinator")
+    took = time.monotonic() - killed
+    print(f"takeover after {took:.2f} s (lease TTL {LEASE_TTL_S} s, interval {INTERVAL_S} s)")
+    # etcd itself revokes expired leases in a loop every 500 ms: up to that much on top.
+    assert took <= LEASE_TTL_S + INTERVAL_S + 1.0, f"takeover took {took:.2f} s"
+    assert took >= LEASE_TTL_S * 2 / 3 - 0.2, f"takeover after {took:.2f} s: before the lease could expire"
+    wait_until(lambda: set(coordination(survivor)["members"]) == {other}, timeout=5,
+               what="the dead member to leave the member list with its lease")
