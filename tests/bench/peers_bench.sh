@@ -14,7 +14,7 @@
 #
 #   tests/bench/peers_bench.sh [--seconds 10] [--rounds 2] [--clients "1 8 64"]
 #       [--modes "simple extended prepared"] [--targets "direct pgbouncer ..."] [--quick]
-#       [--no-build] [--out FILE] [--keep] [--tls]
+#       [--no-build] [--out FILE] [--keep] [--tls] [--settle SECONDS]
 #
 #   --tls       clients use TLS (sslmode=require) to the proxies; targets direct (plain, the
 #               baseline), pgbouncer and pgrelay unless --targets says otherwise
@@ -24,6 +24,10 @@
 #   --out FILE  where the Markdown report goes (default: $work/peers.md, removed with the work
 #               directory at exit); it is printed at the end either way
 #   --keep      keep the work directory (configs, proxy logs) at exit
+#   --settle S  before each run, pause S seconds (default 1) and then wait (up to 10 s) until no
+#               node has an active client statement left from the previous target, so one
+#               target's aftermath (server processes exiting, a pooler resetting its
+#               connections) is not measured against the next
 #
 # Before each measured run an unmeasured warm-up (the same number of clients, each holding its
 # session for 0.5 s) fills the poolers' server connections, as a long-running application would.
@@ -45,6 +49,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 export PATH=$PATH:/usr/sbin:/sbin
 
 seconds=10 rounds=2 clients_list="1 8 64" modes="simple extended prepared" out="" keep=0 tls=0
+settle=1
 all_targets="direct pgbouncer haproxy pgpool pgrelay-leader pgrelay-follower"
 target_list=$all_targets
 targets_given=0
@@ -57,6 +62,7 @@ while [ $# -gt 0 ]; do
     --targets) target_list=$2; targets_given=1; shift 2 ;;
     --tls) tls=1; shift ;;
     --keep) keep=1; shift ;;
+    --settle) settle=$2; shift 2 ;;
     --quick) seconds=2 rounds=1 clients_list=8 modes=simple; shift ;;
     --no-build) export PGRELAY_BENCH_NO_BUILD=1; shift ;;
     --out) out=$2; shift 2 ;;
@@ -438,6 +444,22 @@ for c in $clients_list; do workloads+=("tpcb $first_mode $c"); done
 clk_tck=$(getconf CLK_TCK)
 declare -A n_ok n_fail tps_sum lat_sum p50_sum p99_sum tx_sum cpu_sum
 
+settle_nodes() {  # pause, then until no node runs a client statement (at most 10 s)
+  sleep "$settle"
+  local deadline=$((SECONDS + 10)) busy p
+  local ports=("$primary" "$PGRELAY_PG_REPLICA1_PORT" "$PGRELAY_PG_REPLICA2_PORT")
+  while [ $SECONDS -lt $deadline ]; do
+    busy=0
+    for p in "${ports[@]}"; do
+      busy=$(( busy + $(psql -X -Atq -h 127.0.0.1 -p "$p" -U "$app" -c "select count(*) from \
+        pg_stat_activity where backend_type = 'client backend' and state = 'active' \
+        and pid <> pg_backend_pid()" "$db" 2>/dev/null || echo 0) ))
+    done
+    [ "$busy" = 0 ] && return 0
+    sleep 0.2
+  done
+}
+
 run_one() {  # workload target round
   local kind mode c
   read -r kind mode c <<<"$1"
@@ -450,6 +472,7 @@ run_one() {  # workload target round
     psql -X -q -h 127.0.0.1 -p "$primary" -U "$app" -c 'vacuum pgbench_branches' \
       -c 'vacuum pgbench_tellers' -c 'truncate pgbench_history' "$db" >/dev/null
   fi
+  settle_nodes
   # Warm-up (unmeasured): every client opens its session and holds it for 0.5 s.
   PGSSLMODE=$sslmode pgbench -h 127.0.0.1 -p "$port" -U "$app" -n -f "$work/warmup.sql" -c "$c" \
     -j "$j" -t 1 "$db" \
