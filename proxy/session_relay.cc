@@ -42,6 +42,23 @@ void AppendQuery(std::string* out, std::string_view sql) {
 
 void AppendSync(std::string* out) { protocol::MessageWriter(out).Begin('S').End(); }
 
+// Parse, Bind, Describe, Close, Execute (held for their batch until Sync) and CopyDone/CopyFail
+// (passed on): handled without routing or waiting (BufferMessage).
+bool IsHeld(char type) {
+  switch (type) {
+    case 'P':
+    case 'B':
+    case 'D':
+    case 'C':
+    case 'E':
+    case 'c':
+    case 'f':
+      return true;
+    default:
+      return false;
+  }
+}
+
 std::string QuoteIdent(std::string_view name) {
   std::string q = "\"";
   for (char c : name) {
@@ -153,6 +170,11 @@ awaitable<bool> ClientSession::ClientPump() {
 }
 
 awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) {
+  if (IsHeld(type)) {
+    BufferMessage(type, msg);
+    if (batch_.bytes.size() > kMaxHeldBatch) co_await SendBatch(false, true);
+    co_return !ending_;
+  }
   switch (type) {
     case 'Q': {
       if (!batch_.empty()) co_await SendBatch(/*final=*/false, /*forced=*/true);
@@ -164,15 +186,6 @@ awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) 
       SendQuery(b, msg, q);
       co_return true;
     }
-    case 'P':
-    case 'B':
-    case 'D':
-    case 'C':
-    case 'E':
-    case 'c':
-    case 'f':
-      BufferMessage(type, msg);
-      break;
     case 'H':
       batch_.bytes.append(msg);
       co_await SendBatch(/*final=*/false, /*forced=*/false);
@@ -209,16 +222,11 @@ awaitable<bool> ClientSession::OnClientMessage(char type, std::string_view msg) 
 
 bool ClientSession::RelayNow(char type, std::string_view msg) {
   routed_.reset();
+  if (IsHeld(type)) {
+    BufferMessage(type, msg);
+    return true;
+  }
   switch (type) {
-    case 'P':
-    case 'B':
-    case 'D':
-    case 'C':
-    case 'E':
-    case 'c':
-    case 'f':
-      BufferMessage(type, msg);
-      return true;
     case 'Q': {
       if (!batch_.empty()) return false;
       Query q = PrepareQuery(msg);
