@@ -92,6 +92,9 @@ class Monitor::Impl {
   // After a refused Store (another pgrelay wrote first, coordination.etcd): reads the record
   // and follows it if it is newer than ours. True if it was adopted.
   bool AdoptNewerRecord();
+  // Reads the record and follows it if it is newer than ours: true if followed, false if not
+  // newer, nullopt (with *error) if it could not be read.
+  std::optional<bool> LoadAndFollow(std::string* error);
   // coordination.etcd: reads the shared record (at most once per interval) and follows a newer
   // one written by another pgrelay (a switchover or failover made there).
   void RefreshSharedRecord(Clock::time_point now);
@@ -436,12 +439,15 @@ bool Monitor::Impl::RecordPrimary(const Topology& t) {
 }
 
 bool Monitor::Impl::AdoptNewerRecord() {
-  std::optional<ClusterRecord> latest;
   std::string error;
-  if (!store_->Load(&latest, &error)) {
-    PGRELAY_LOG(kWarning, "failover", error);
-    return false;
-  }
+  const std::optional<bool> adopted = LoadAndFollow(&error);
+  if (!adopted) PGRELAY_LOG(kWarning, "failover", error);
+  return adopted.value_or(false);
+}
+
+std::optional<bool> Monitor::Impl::LoadAndFollow(std::string* error) {
+  std::optional<ClusterRecord> latest;
+  if (!store_->Load(&latest, error)) return std::nullopt;
   if (!latest || (record_ && latest->epoch <= record_->epoch)) return false;
   PGRELAY_LOG(kWarning, "failover",
               "following the failover record written by another pgrelay: primary "
@@ -457,9 +463,8 @@ bool Monitor::Impl::AdoptNewerRecord() {
 void Monitor::Impl::RefreshSharedRecord(Clock::time_point now) {
   if (!Shared() || !store_ || failover_running_ || now - last_record_refresh_ < interval_) return;
   last_record_refresh_ = now;
-  std::optional<ClusterRecord> latest;
   std::string error;
-  if (!store_->Load(&latest, &error)) {
+  if (!LoadAndFollow(&error)) {
     if (!record_refresh_failing_) {
       PGRELAY_LOG(kWarning, "failover",
                   error << "; keeping primary " << (record_ ? record_->primary : "-")
@@ -470,13 +475,6 @@ void Monitor::Impl::RefreshSharedRecord(Clock::time_point now) {
   }
   if (record_refresh_failing_) PGRELAY_LOG(kInfo, "failover", "etcd answers again");
   record_refresh_failing_ = false;
-  if (latest && (!record_ || latest->epoch > record_->epoch)) {
-    PGRELAY_LOG(kWarning, "failover",
-                "following the failover record written by another pgrelay: primary "
-                    << latest->primary << " at epoch " << latest->epoch);
-    record_ = latest;
-    epoch_ = latest->epoch;
-  }
 }
 
 void Monitor::Impl::Publish() {
