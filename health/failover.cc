@@ -124,7 +124,10 @@ asio::awaitable<PromotionResult> Promote(const asio::any_io_executor& executor,
   // Replay everything received first: promotion would otherwise drop it.
   for (;;) {
     PgResult r;
-    if (!co_await conn.Query("SELECT pg_is_in_recovery(), pg_is_wal_replay_paused(),"
+    // pg_is_wal_replay_paused() fails outside recovery: ask only during it (a node already
+    // promoted, by an earlier try or by another pgrelay racing this one, is a success).
+    if (!co_await conn.Query("SELECT pg_is_in_recovery(),"
+                             " CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END,"
                              " pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()",
                              deadline, &r)) {
       result.error = "checking replay on " + candidate.name + ": " + conn.error();
