@@ -519,12 +519,6 @@ void Loader::ReadRoot(const YAML::Node& root) {
           "failover.state_file and coordination.etcd exclude each other: with etcd the failover "
           "record lives in etcd");
   }
-  if (config_.coordination.etcd && config_.failover.mode == FailoverMode::kAuto) {
-    Error("coordination.etcd", coordination_line_,
-          "failover.mode auto with several pgrelay instances needs the coordinator election, "
-          "which is not built yet: use failover.mode manual (switchover through one pgrelay) or "
-          "off");
-  }
   if (config_.coordination.etcd && config_.coordination.member.empty()) {
     char host[256] = {};
     if (gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')

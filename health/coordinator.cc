@@ -4,6 +4,7 @@
 #include <boost/json.hpp>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "config/log.h"
 #include "health/etcd_client.h"
@@ -38,6 +39,7 @@ Coordinator::Coordinator(config::EtcdConfig etcd, std::string member, millisecon
       view_(std::move(view)),
       impl_(std::make_unique<Impl>(etcd_)) {
   status_.member = member_;
+  status_.last_error = "no answer from etcd yet";
 }
 
 Coordinator::~Coordinator() { Stop(true); }
@@ -64,6 +66,22 @@ void Coordinator::Stop(bool release) {
 bool Coordinator::IsCoordinator() const {
   std::lock_guard lock(mu_);
   return status_.coordinator && Clock::now() < acts_until_;
+}
+
+bool Coordinator::MayPromote(const std::string& failed, uint64_t epoch,
+                             std::string* why_not) const {
+  std::lock_guard lock(mu_);
+  if (!status_.coordinator || Clock::now() >= acts_until_) {
+    *why_not = "the primary " + failed +
+               " is down; only the coordinator promotes, and this pgrelay (" + member_ +
+               ") is not it (" +
+               (!status_.etcd_reachable  ? "etcd unreachable"
+                : status_.holder.empty() ? "none elected"
+                                         : "coordinator: " + status_.holder) +
+               ")";
+    return false;
+  }
+  return MajorityReportsDown(status_.members, failed, epoch, why_not);
 }
 
 Coordinator::Status Coordinator::Snapshot() const {
@@ -191,6 +209,49 @@ bool Coordinator::Round(std::string* error) {
   const size_t strip = etcd_.prefix.size() + std::string("/members/").size();
   for (const EtcdKeyValue& kv : members->kvs) d.members[kv.key.substr(strip)] = kv.value;
   return true;
+}
+
+bool MajorityReportsDown(const std::map<std::string, std::string>& views, const std::string& failed,
+                         uint64_t epoch, std::string* why_not) {
+  namespace json = boost::json;
+  std::vector<std::string> agree;
+  std::vector<std::string> disagree;
+  for (const auto& [member, text] : views) {
+    boost::system::error_code ec;
+    const json::value view = json::parse(text, ec);
+    const json::object* object = ec ? nullptr : view.if_object();
+    const json::value* seen_epoch = object ? object->if_contains("epoch") : nullptr;
+    const json::value* nodes = object ? object->if_contains("nodes") : nullptr;
+    const json::value* node =
+        nodes && nodes->is_object() ? nodes->as_object().if_contains(failed) : nullptr;
+    if (node == nullptr || !node->is_object() || seen_epoch == nullptr ||
+        !seen_epoch->is_number()) {
+      disagree.push_back(member + " (no readable view of " + failed + ")");
+      continue;
+    }
+    const uint64_t member_epoch = seen_epoch->to_number<uint64_t>(ec);
+    if (!ec && member_epoch > epoch) {
+      *why_not = "member " + member + " has seen epoch " + std::to_string(member_epoch) +
+                 ", newer than this coordinator's " + std::to_string(epoch) +
+                 "; no promotion before following it";
+      return false;
+    }
+    const json::object& n = node->as_object();
+    const json::value* state = n.if_contains("state");
+    const json::value* up = n.if_contains("up");
+    const bool unreachable = (state && state->is_string() &&
+                              (state->as_string() == "down" || state->as_string() == "suspect")) ||
+                             (up && up->is_bool() && !up->as_bool());
+    (unreachable ? agree : disagree).push_back(member);
+  }
+  if (agree.size() * 2 > views.size()) return true;
+  std::string reachable;
+  for (const std::string& m : disagree) reachable += (reachable.empty() ? "" : ", ") + m;
+  *why_not = "the primary " + failed + " is down here, but only " + std::to_string(agree.size()) +
+             " of " + std::to_string(views.size()) +
+             " live pgrelay members report it unreachable (not: " + reachable +
+             "); no promotion without a majority";
+  return false;
 }
 
 std::string DescribeView(const Topology& topology) {

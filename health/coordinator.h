@@ -53,6 +53,10 @@ class Coordinator {
 
   // True while this instance holds the coordinator key and its lease is certainly alive.
   bool IsCoordinator() const;
+  // Whether this instance may promote a replica in place of the failed primary `failed` now
+  // (failover.mode auto): it is the coordinator, and the live members' views, as last read,
+  // agree (MajorityReportsDown). Otherwise false with *why_not.
+  bool MayPromote(const std::string& failed, uint64_t epoch, std::string* why_not) const;
   Status Snapshot() const;
 
  private:
@@ -75,6 +79,14 @@ class Coordinator {
   std::chrono::steady_clock::time_point acts_until_{};  // IsCoordinator() until then
   std::thread thread_;
 };
+
+// The live members' verdict on promoting in place of the primary `failed` at `epoch`: `views`
+// maps each live member (the one asking included) to its published view (DescribeView). True
+// if more than half of them report `failed` unreachable (state down or suspect, or its last
+// probe failed) and none has seen an epoch newer than `epoch` (its decision would be based on
+// an outdated record). A view that cannot be read counts against. False with *why_not.
+bool MajorityReportsDown(const std::map<std::string, std::string>& views, const std::string& failed,
+                         uint64_t epoch, std::string* why_not);
 
 // This instance's view of the nodes as published with its membership: one JSON object with the
 // epoch, the primary, and per node its state, role, whether it answered, its timeline and LSNs.

@@ -64,6 +64,7 @@ class Monitor::Impl {
   std::shared_ptr<const Topology> Initial() const;
   std::pair<bool, std::string> Switchover(const std::string& target, milliseconds timeout);
   bool Reconfigure(std::shared_ptr<const config::Config> next, milliseconds timeout);
+  void SetPromotionGate(PromotionGate gate) { gate_ = std::move(gate); }
 
  private:
   struct Node {
@@ -135,6 +136,7 @@ class Monitor::Impl {
   std::optional<ClusterRecord> record_;
   bool failover_running_ = false;
   FailoverCancel failover_cancel_;
+  PromotionGate gate_;  // unset: this instance decides alone
   Clock::time_point next_failover_attempt_{};
   std::string last_why_not_;
   uint64_t failovers_ = 0;
@@ -584,6 +586,7 @@ void Monitor::Impl::MaybeFailover(const Topology& t) {
   if (failover_running_ || stopping_ || Clock::now() < next_failover_attempt_) return;
   std::string why_not;
   std::optional<PromotionPlan> plan = PlanPromotion(t, RecordedIndex(), *config_, &why_not);
+  if (plan && gate_ && !gate_(t.nodes[plan->failed].name, epoch_, &why_not)) plan.reset();
   if (!plan) {
     if (why_not != last_why_not_ && !why_not.empty()) {
       PGRELAY_LOG(kWarning, "failover", why_not);
@@ -788,28 +791,46 @@ asio::awaitable<void> Monitor::Impl::FinishPromotion(const NodeStatus& candidate
   const asio::any_io_executor executor = io_.get_executor();
   ClusterRecord next{epoch_ + 1, candidate.name, timeline};
   std::string error;
-  if (!store_->Store(next, &error)) {
-    PGRELAY_LOG(kError, "failover", "cannot store the failover record: " << error);
-  }
-  if (!error.empty() && AdoptNewerRecord()) {
-    // Another pgrelay recorded a different change first: its record is the truth, and the node
-    // promoted here is fenced as a primary of an older epoch; the replicas stay as they are.
-    PGRELAY_LOG(kError, "failover",
-                "promoted " << candidate.name << ", but another pgrelay recorded primary "
-                            << record_->primary << " at epoch " << epoch_ << " first; "
-                            << candidate.name << " is fenced");
-    failover_running_ = false;
-    StartRound(Clock::now());
-    co_return;
-  } else {
+  bool recorded = store_->Store(next, &error);
+  if (recorded) {
     record_ = next;
     epoch_ = next.epoch;
+  } else {
+    PGRELAY_LOG(kError, "failover", "cannot store the failover record: " << error);
+    if (AdoptNewerRecord()) {
+      if (record_->primary != candidate.name) {
+        // Another pgrelay recorded a different change first: its record is the truth, and the
+        // node promoted here is fenced as a primary of an older epoch; the replicas stay as
+        // they are.
+        PGRELAY_LOG(kError, "failover",
+                    "promoted " << candidate.name << ", but another pgrelay recorded primary "
+                                << record_->primary << " at epoch " << epoch_ << " first; "
+                                << candidate.name << " is fenced");
+        failover_running_ = false;
+        StartRound(Clock::now());
+        co_return;
+      }
+      recorded = true;  // another pgrelay saw this promotion and recorded it first
+    } else if (!Shared()) {
+      record_ = next;  // the state file could not be written: carry on with it in memory
+      epoch_ = next.epoch;
+      recorded = true;
+    }
+    // Else etcd did not answer: the rounds record the new primary (it is on a newer timeline
+    // than the recorded one) once it does; until then nobody routes writes to it.
   }
   ++failovers_;
   failover_running_ = false;
-  PGRELAY_LOG(kWarning, "failover",
-              "promoted " << candidate.name << " (" << candidate.host << ":" << candidate.port
-                          << ") to primary at epoch " << epoch_ << ", timeline " << timeline);
+  if (recorded) {
+    PGRELAY_LOG(kWarning, "failover",
+                "promoted " << candidate.name << " (" << candidate.host << ":" << candidate.port
+                            << ") to primary at epoch " << epoch_ << ", timeline " << timeline);
+  } else {
+    PGRELAY_LOG(kError, "failover",
+                "promoted " << candidate.name << " (" << candidate.host << ":" << candidate.port
+                            << "), timeline " << timeline
+                            << ", but the record is not written yet: no writes until it is");
+  }
   StartRound(Clock::now());  // see the new primary now, not at the next round
   for (size_t i = 0; i < t->nodes.size(); ++i) {
     const NodeStatus& n = t->nodes[i];
@@ -860,6 +881,8 @@ Monitor::Monitor(std::shared_ptr<const config::Config> config)
 Monitor::~Monitor() { Stop(); }
 
 void Monitor::Start() { impl_->Start(); }
+
+void Monitor::SetPromotionGate(PromotionGate gate) { impl_->SetPromotionGate(std::move(gate)); }
 
 void Monitor::Stop() { impl_->Stop(); }
 

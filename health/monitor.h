@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -42,6 +43,14 @@ class Monitor {
   // timings and thresholds, credentials, failover settings) and publishes a topology with the
   // new node list. Blocks until applied or `timeout`; false on timeout.
   bool Reconfigure(std::shared_ptr<const config::Config> config, std::chrono::milliseconds timeout);
+
+  // Asked before every automatic promotion (failover.mode auto), on the monitor's thread, with
+  // the failed primary's name and the current epoch: the promotion goes ahead only if it
+  // returns true (else *why_not is logged when it changes). coordination.etcd sets it to the
+  // coordinator's MayPromote. Set before Start().
+  using PromotionGate =
+      std::function<bool(const std::string& failed, uint64_t epoch, std::string* why_not)>;
+  void SetPromotionGate(PromotionGate gate);
 
   std::shared_ptr<const Topology> Snapshot() const {
     return snapshot_.load(std::memory_order_acquire);

@@ -1,6 +1,7 @@
 // pgrelay: a read/write-splitting PostgreSQL proxy. Command line entry point.
 #include <charconv>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -145,28 +146,49 @@ int main(int argc, char** argv) {
                          << pgrelay::config::ToString(result.config->strategy));
   for (const std::string& w : result.warnings) PGRELAY_LOG(kWarning, "config", w);
   pgrelay::health::Monitor monitor(result.config);
-  try {
-    monitor.Start();
-  } catch (const std::exception& e) {
-    PGRELAY_LOG(kError, "failover", e.what());
-    return 1;
-  }
-  // coordination.etcd: membership and the coordinator election (docs/coordination.md).
+  // coordination.etcd: membership and the coordinator election (docs/coordination.md); only
+  // the coordinator promotes, and only when a majority of the live members' views agree.
   std::unique_ptr<pgrelay::health::Coordinator> coordinator;
   if (result.config->coordination.etcd) {
     coordinator = std::make_unique<pgrelay::health::Coordinator>(
         *result.config->coordination.etcd, result.config->coordination.member,
         result.config->health.interval,
         [&monitor] { return pgrelay::health::DescribeView(*monitor.Snapshot()); });
-    coordinator->Start();
+    // Test hook (tests/integration/test_coordination.py): every instance started with it
+    // promotes as if it were the coordinator, so that racing promotions can be shown to
+    // record exactly one epoch. Never set it in production.
+    const bool racing = std::getenv("PGRELAY_TEST_PROMOTE_WITHOUT_COORDINATOR") != nullptr;
+    if (racing) {
+      PGRELAY_LOG(kWarning, "coordination",
+                  "test hook PGRELAY_TEST_PROMOTE_WITHOUT_COORDINATOR: this pgrelay promotes "
+                  "without being the coordinator or asking the members");
+    }
+    monitor.SetPromotionGate(
+        [&coordinator, racing](const std::string& failed, uint64_t epoch, std::string* why_not) {
+          return racing || coordinator->MayPromote(failed, epoch, why_not);
+        });
   }
+  try {
+    monitor.Start();
+  } catch (const std::exception& e) {
+    PGRELAY_LOG(kError, "failover", e.what());
+    return 1;
+  }
+  if (coordinator) coordinator->Start();
   pgrelay::health::CatalogRefresher catalog(result.config, &monitor);
   catalog.Start();
   pgrelay::health::LsnTracker lsn(result.config, &monitor);
   lsn.Start();
   const auto& config = *result.config;
-  pgrelay::admin::ProxyMetrics metrics(config, pgrelay::proxy::Server::WorkerCount(config),
-                                       [&monitor] { return monitor.Snapshot(); });
+  pgrelay::admin::CoordinationSource coordination_status;
+  if (coordinator) {
+    coordination_status = [&coordinator]() -> std::optional<pgrelay::health::Coordinator::Status> {
+      return coordinator->Snapshot();
+    };
+  }
+  pgrelay::admin::ProxyMetrics metrics(
+      config, pgrelay::proxy::Server::WorkerCount(config),
+      [&monitor] { return monitor.Snapshot(); }, coordination_status);
   pgrelay::admin::AdminOptions admin_options;
   admin_options.listen = config.admin_listen;
   admin_options.token = config.admin_token;
@@ -191,12 +213,7 @@ int main(int argc, char** argv) {
     }
     return AdminAction(&monitor, &pause, reload.get(), action, query);
   };
-  if (coordinator) {
-    admin_sources.coordination =
-        [&coordinator]() -> std::optional<pgrelay::health::Coordinator::Status> {
-      return coordinator->Snapshot();
-    };
-  }
+  admin_sources.coordination = coordination_status;
   pgrelay::admin::AdminServer admin(admin_options, admin_sources);
   reload = std::make_unique<pgrelay::proxy::ReloadController>(
       config_path, result.config, tls, backend_tls,

@@ -388,10 +388,20 @@ Response AdminServer::Impl::Ready(const Request& request) const {
     }
     return not_ready(why + ")");
   }
+  std::string degraded;
+  if (sources_.coordination) {
+    // Still ready (the primary cannot change without etcd, so the last record holds), but no
+    // failover can happen until etcd answers.
+    const std::optional<health::Coordinator::Status> c = sources_.coordination();
+    if (c && !c->etcd_reachable) {
+      degraded = "; degraded: etcd unreachable (" + c->last_error +
+                 "), serving with the last failover record, no failover possible";
+    }
+  }
   return Text(request, http::status::ok,
               "ready: primary " + primary->name + " (" +
                   std::string(health::ToString(primary->state)) + "), epoch " +
-                  std::to_string(topology->epoch) + "\n");
+                  std::to_string(topology->epoch) + degraded + "\n");
 }
 
 Response AdminServer::Impl::Cluster(const Request& request) const {

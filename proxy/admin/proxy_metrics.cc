@@ -176,9 +176,35 @@ void AddTopologyMetrics(Registry& r, TopologySource source) {
                 });
 }
 
+// Registers the families computed from the coordinator's status at scrape time.
+void AddCoordinationMetrics(Registry& r, CoordinationSource source) {
+  auto each = [source](auto sample) {
+    return [source, sample](SampleSink& sink) {
+      if (const std::optional<health::Coordinator::Status> s = source()) sample(*s, sink);
+    };
+  };
+  r.AddCallback(MetricType::kGauge, "pgrelay_coordination_degraded",
+                "1 while etcd cannot be reached: this pgrelay serves with the last failover record "
+                "it saw and takes part in no failover.",
+                {}, each([](const health::Coordinator::Status& s, SampleSink& sink) {
+                  sink.Add({}, s.etcd_reachable ? 0 : 1);
+                }));
+  r.AddCallback(MetricType::kGauge, "pgrelay_coordination_is_coordinator",
+                "1 while this pgrelay is the coordinator (the only instance that may promote).", {},
+                each([](const health::Coordinator::Status& s, SampleSink& sink) {
+                  sink.Add({}, s.coordinator ? 1 : 0);
+                }));
+  r.AddCallback(MetricType::kGauge, "pgrelay_coordination_members",
+                "Live pgrelay members in etcd, as last read (this one included).", {},
+                each([](const health::Coordinator::Status& s, SampleSink& sink) {
+                  sink.Add({}, static_cast<double>(s.members.size()));
+                }));
+}
+
 }  // namespace
 
-ProxyMetrics::ProxyMetrics(const config::Config& config, size_t workers, TopologySource topology)
+ProxyMetrics::ProxyMetrics(const config::Config& config, size_t workers, TopologySource topology,
+                           CoordinationSource coordination)
     : workers_(workers), node_names_(std::make_shared<LiveLabelValues>()) {
   Registry& r = registry_;
   node_names_->Set(NodeNames(config));
@@ -244,6 +270,7 @@ ProxyMetrics::ProxyMetrics(const config::Config& config, size_t workers, Topolog
                 "When pgrelay started, in seconds since the Unix epoch.", {},
                 [start](SampleSink& sink) { sink.Add({}, start); });
 
+  if (coordination) AddCoordinationMetrics(r, std::move(coordination));
   r.Freeze(workers + 2);
 }
 

@@ -9,10 +9,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string_view>
 #include <vector>
 
 #include "config/config.h"
+#include "health/coordinator.h"
 #include "health/topology.h"
 #include "proxy/admin/metrics.h"
 
@@ -56,6 +58,8 @@ enum class ConsistencyStrategy : uint8_t { kReadYourWrites, kQuorum };
 
 // Returns the current topology (or nullptr before the first one). Called on the scrape thread.
 using TopologySource = std::function<std::shared_ptr<const health::Topology>()>;
+// coordination.etcd: this instance's membership and election status (Coordinator::Snapshot).
+using CoordinationSource = std::function<std::optional<health::Coordinator::Status>()>;
 
 // Who writes what (each through its own shard: Shard& m = metrics.WorkerShard(worker)):
 //   session start/end       client_connections +1/-1, client_connections_total +1
@@ -74,7 +78,9 @@ class ProxyMetrics {
  public:
   // `workers`: the number of worker threads (one shard each, plus MonitorShard and
   // ControlShard). Node indexes are positions in config.nodes (the topology's order too).
-  ProxyMetrics(const config::Config& config, size_t workers, TopologySource topology);
+  // `coordination` (set with coordination.etcd) adds the pgrelay_coordination_* families.
+  ProxyMetrics(const config::Config& config, size_t workers, TopologySource topology,
+               CoordinationSource coordination = nullptr);
   ProxyMetrics(const ProxyMetrics&) = delete;
   ProxyMetrics& operator=(const ProxyMetrics&) = delete;
 
@@ -119,7 +125,8 @@ class ProxyMetrics {
   // pgrelay_node_timeline{node}, pgrelay_topology_epoch, pgrelay_topology_primary_conflict,
   // pgrelay_failovers_total, pgrelay_last_failover_duration_seconds, pgrelay_fenced_nodes,
   // pgrelay_health_probe_failures_total{node},
-  // and pgrelay_start_time_seconds.
+  // and pgrelay_start_time_seconds. With coordination.etcd: pgrelay_coordination_degraded,
+  // pgrelay_coordination_is_coordinator, pgrelay_coordination_members.
 
  private:
   const size_t workers_;

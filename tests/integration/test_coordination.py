@@ -10,6 +10,8 @@ a real 3-member etcd cluster on loopback and two pgrelays on the shared PostgreS
 - Membership and the coordinator election: both instances list each other with their views,
   exactly one is the coordinator, only it accepts a switchover, and when it is killed (no clean
   release of its lease) the other takes over within lease TTL + one interval.
+
+Failover by majority (failover.mode auto through the coordinator): test_coordinated_failover.py.
 """
 from __future__ import annotations
 
@@ -117,22 +119,6 @@ def test_two_pgrelays_share_one_record_and_follow_a_newer_epoch(etcd, make_pgrel
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
     assert etcd.get(key)["version"] == 3, "a pgrelay wrote the record although nothing changed"
     etcd.start_member(0, new=False)
-
-
-def test_config_refuses_auto_failover_with_etcd_until_the_election_exists(etcd, make_pgrelay, tmp_path):
-    import subprocess
-    import os
-    from conftest import to_yaml, default_config, free_port
-    config = default_config(make_pgrelay.cluster, free_port(), free_port())
-    config["failover"] = {"mode": "auto"}
-    config["coordination"] = {"etcd": {"endpoints": etcd.endpoints}}
-    path = tmp_path / "auto.yaml"
-    path.write_text(to_yaml(config) + "\n")
-    path.chmod(0o600)
-    out = subprocess.run([os.environ["PGRELAY_BIN"], "--check-config", str(path)],
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode != 0
-    assert "coordinator election" in out.stdout + out.stderr, out.stdout + out.stderr
 
 
 def test_membership_election_and_takeover_when_the_coordinator_dies(etcd, make_pgrelay):
