@@ -26,6 +26,15 @@ class EtcdStateStore final : public ClusterStateStore {
   // Writes `record` only if the key is unchanged since this store last read or wrote it.
   bool Store(const ClusterRecord& record, std::string* error) override;
 
+  // A record seen elsewhere (RecordWatcher) at etcd `mod_revision`: if it is newer than what
+  // this store last saw, the next Store compares against it.
+  void Observe(const ClusterRecord& record, int64_t mod_revision) {
+    if (mod_revision <= seen_mod_revision_) return;
+    seen_ = record;
+    seen_mod_revision_ = mod_revision;
+    loaded_ = true;
+  }
+
   // The record as this store last saw it (after Load, Store, or a refused Store).
   const std::optional<ClusterRecord>& last_seen() const { return seen_; }
   static std::string RecordKey(const std::string& prefix) { return prefix + "/record"; }

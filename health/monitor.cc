@@ -27,6 +27,7 @@
 #include "health/hook.h"
 #include "health/node_probe.h"
 #include "health/node_state.h"
+#include "health/record_watcher.h"
 #include "health/topology_builder.h"
 
 namespace pgrelay::health {
@@ -44,6 +45,9 @@ constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 void RethrowOnError(std::exception_ptr e) {
   if (e) std::rethrow_exception(e);
 }
+
+// coordination.etcd: how often the shared record is read besides the watch.
+constexpr auto kSharedRefresh = std::chrono::seconds(5);
 
 int64_t Millis(Clock::duration d) { return std::chrono::duration_cast<milliseconds>(d).count(); }
 
@@ -96,9 +100,17 @@ class Monitor::Impl {
   // Reads the record and follows it if it is newer than ours: true if followed, false if not
   // newer, nullopt (with *error) if it could not be read.
   std::optional<bool> LoadAndFollow(std::string* error);
-  // coordination.etcd: reads the shared record (at most once per interval) and follows a newer
-  // one written by another pgrelay (a switchover or failover made there).
+  // Follows `latest` if it is newer than our record (logged); true if followed.
+  bool FollowIfNewer(const std::optional<ClusterRecord>& latest);
+  // coordination.etcd: the record as the watcher saw it (posted to the monitor's thread).
+  // A newer one is followed and published at once. Ignored while a promotion runs here: its
+  // compare-and-swap must compare against the record it was decided on.
+  void OnWatchedRecord(const std::optional<ClusterRecord>& latest, int64_t mod_revision);
+  // coordination.etcd: reads the shared record now and then (kSharedRefresh) and follows a
+  // newer one: the safety net under the watch (a record missed while a promotion ran here).
   void RefreshSharedRecord(Clock::time_point now);
+  std::unique_ptr<RecordWatcher> watcher_;
+  EtcdStateStore* shared_store_ = nullptr;  // store_, when it is the etcd one
   bool Shared() const { return config_->coordination.etcd.has_value(); }
   Clock::time_point last_record_refresh_{};
   bool record_refresh_failing_ = false;
@@ -260,7 +272,9 @@ void Monitor::Impl::Start() {
   if (thread_.joinable() || stopping_) return;
   if (Recording()) {
     if (Shared()) {
-      store_ = std::make_unique<EtcdStateStore>(*config_->coordination.etcd);
+      auto shared = std::make_unique<EtcdStateStore>(*config_->coordination.etcd);
+      shared_store_ = shared.get();
+      store_ = std::move(shared);
       PGRELAY_LOG(kInfo, "failover",
                   "failover record shared through etcd at "
                       << EtcdStateStore::RecordKey(config_->coordination.etcd->prefix)
@@ -282,6 +296,14 @@ void Monitor::Impl::Start() {
                                               << ", timeline " << record_->timeline);
     }
   }
+  if (shared_store_ != nullptr) {
+    watcher_ = std::make_unique<RecordWatcher>(
+        *config_->coordination.etcd,
+        [this](const std::optional<ClusterRecord>& latest, int64_t mod_revision) {
+          asio::post(io_, [this, latest, mod_revision] { OnWatchedRecord(latest, mod_revision); });
+        });
+    watcher_->Start();
+  }
   asio::co_spawn(io_, Run(), RethrowOnError);
   thread_ = std::thread([this] {
     NameThisThread("pgrelay-health");
@@ -293,6 +315,7 @@ void Monitor::Impl::Start() {
 }
 
 void Monitor::Impl::Stop() {
+  if (watcher_) watcher_->Stop();  // before the io_context it posts to stops
   if (!thread_.joinable()) return;
   asio::post(io_, [this] {
     stopping_ = true;
@@ -450,6 +473,18 @@ bool Monitor::Impl::AdoptNewerRecord() {
 std::optional<bool> Monitor::Impl::LoadAndFollow(std::string* error) {
   std::optional<ClusterRecord> latest;
   if (!store_->Load(&latest, error)) return std::nullopt;
+  return FollowIfNewer(latest);
+}
+
+void Monitor::Impl::OnWatchedRecord(const std::optional<ClusterRecord>& latest,
+                                    int64_t mod_revision) {
+  if (stopping_ || failover_running_ || !latest || shared_store_ == nullptr) return;
+  shared_store_->Observe(*latest, mod_revision);
+  // Publish now, unless a round is still running: its end publishes with the new record.
+  if (FollowIfNewer(latest) && published_) Publish();
+}
+
+bool Monitor::Impl::FollowIfNewer(const std::optional<ClusterRecord>& latest) {
   if (!latest || (record_ && latest->epoch <= record_->epoch)) return false;
   PGRELAY_LOG(kWarning, "failover",
               "following the failover record written by another pgrelay: primary "
@@ -463,7 +498,9 @@ std::optional<bool> Monitor::Impl::LoadAndFollow(std::string* error) {
 }
 
 void Monitor::Impl::RefreshSharedRecord(Clock::time_point now) {
-  if (!Shared() || !store_ || failover_running_ || now - last_record_refresh_ < interval_) return;
+  if (!Shared() || !store_ || failover_running_ || now - last_record_refresh_ < kSharedRefresh) {
+    return;
+  }
   last_record_refresh_ = now;
   std::string error;
   if (!LoadAndFollow(&error)) {

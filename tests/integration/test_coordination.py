@@ -164,3 +164,26 @@ def test_membership_election_and_takeover_when_the_coordinator_dies(etcd, make_p
     assert took >= LEASE_TTL_S * 2 / 3 - 0.2, f"takeover after {took:.2f} s: before the lease could expire"
     wait_until(lambda: set(coordination(survivor)["members"]) == {other}, timeout=5,
                what="the dead member to leave the member list with its lease")
+
+
+def test_a_newer_record_is_followed_at_once_through_the_watch(etcd, make_pgrelay):
+    """With a slow health interval (3 s) and the periodic read of the record every 5 s, only the
+    watch can make a pgrelay follow a new record within a second."""
+    prefix = f"/pgrelay/test-{uuid.uuid4().hex[:8]}"
+    config = coordinated(etcd, prefix, "relay-w")
+    config["health"] = {"interval": "3s", "timeout": "1s"}
+    relay = make_pgrelay(config)
+    key = prefix + "/record"
+    wait_until(lambda: etcd.get(key) is not None and cluster_view(relay)["epoch"] == 1, timeout=10,
+               what="the record at epoch 1")
+    time.sleep(1)
+    etcd.put(key, "epoch=2\nprimary=pg1\ntimeline=1\n")
+    written = time.monotonic()
+    wait_until(lambda: cluster_view(relay)["epoch"] == 2, timeout=10, interval=0.02,
+               what="pgrelay to follow epoch 2")
+    took = time.monotonic() - written
+    print(f"followed a new record after {took * 1000:.0f} ms (health interval 3 s)")
+    assert took < 1.0, f"following the record took {took:.2f} s: not through the watch"
+    with relay.connect(autocommit=True) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+    assert etcd.get(key)["version"] == 2
