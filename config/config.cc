@@ -38,6 +38,16 @@ std::string_view ToString(Strategy s) {
   return "unknown";
 }
 
+std::string_view ToString(ReplicaAffinity a) {
+  switch (a) {
+    case ReplicaAffinity::kNone:
+      return "none";
+    case ReplicaAffinity::kSession:
+      return "session";
+  }
+  return "unknown";
+}
+
 std::string_view ToString(LoadBalance b) {
   switch (b) {
     case LoadBalance::kRoundRobin:

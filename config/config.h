@@ -48,6 +48,8 @@ enum class AuthMethod { kScramSha256, kMd5, kTrust };
 enum class Strategy { kLeader, kFollower, kReadYourWrites, kQuorum };
 enum class LogLevel { kDebug, kInfo, kWarning, kError };
 enum class LoadBalance { kRoundRobin, kLeastConnections, kRandom };
+// routing.replica_affinity: whether a session's reads stay on one replica.
+enum class ReplicaAffinity { kNone, kSession };
 enum class Route { kPrimary, kReplica };
 enum class FailoverMode { kOff, kManual, kAuto };
 enum class TlsMode { kDisable, kAllow, kRequire };
@@ -57,6 +59,7 @@ enum class BackendTlsMode { kDisable, kPrefer, kRequire, kVerifyCa, kVerifyFull 
 std::string_view ToString(AuthMethod m);  // "scram-sha-256" | "md5" | "trust"
 std::string_view ToString(Strategy s);    // "leader" | "follower" | "read-your-writes" | "quorum"
 std::string_view ToString(LogLevel l);
+std::string_view ToString(ReplicaAffinity a);  // "none" | "session"
 std::string_view ToString(LoadBalance b);   // "round_robin" | "least_connections" | "random"    //
                                             // "debug" | "info" | "warning" | "error"
 std::string_view ToString(Route r);         // "primary" | "replica"
@@ -199,6 +202,9 @@ struct RoutingConfig {
   size_t classifier_cache_size = 10000;  // statements per worker; 0 = no cache
   // Read routing (follower and the consistency strategies).
   LoadBalance load_balance = LoadBalance::kRoundRobin;
+  // none: every read is balanced anew; session: a session's reads stay on the replica its first
+  // read got, while that replica stays eligible (as Pgpool-II does; its caches stay warm).
+  ReplicaAffinity replica_affinity = ReplicaAffinity::kNone;
   uint64_t max_lag_bytes = 16u << 20;  // replicas further behind get no reads; 0 = no bound
   // The same in time; 0 = no bound (the default: replay-time lag is an estimate that reads
   // high after idle periods, so the byte bound is the reliable one).

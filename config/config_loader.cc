@@ -956,6 +956,11 @@ void Loader::ReadRouting(const Entry& e) {
                                    LoadBalance::kRandom}),
                       &routing.load_balance);
                 }},
+               {"replica_affinity",
+                [&](const Entry& f) {
+                  Set(ReadEnum(f, {ReplicaAffinity::kNone, ReplicaAffinity::kSession}),
+                      &routing.replica_affinity);
+                }},
                {"max_lag_bytes",
                 [&](const Entry& f) {
                   Set(ReadWithUnit(f, kSizeUnits, kSizeForm, 0, uint64_t{1} << 50,

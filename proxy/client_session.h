@@ -283,6 +283,13 @@ class ClientSession {
   SessionState state_;
   Batch batch_;
   std::optional<routing::RouteResult> routed_;  // see ChooseNow
+  int preferred_replica_ = -1;  // routing.replica_affinity session: where the reads went last
+  routing::SessionRouting Routing() const {
+    return {strategy_, state_.pinned(), state_.default_read_only(), preferred_replica_};
+  }
+  void NoteRoute(const routing::RouteResult& r) {
+    if (r.node >= 0 && !r.to_primary) preferred_replica_ = r.node;
+  }
   std::vector<std::string> unit_statements_;
   std::vector<std::string> unit_stale_;
   static constexpr size_t kMessageRoom = 1024;             // reserved in outbox_ and batch_.bytes

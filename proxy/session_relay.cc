@@ -441,7 +441,7 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
 
   // A copy: the worker's topology may be refreshed while this waits.
   std::shared_ptr<const health::Topology> topology = worker_.Topology(*ctx_.monitor);
-  const routing::SessionRouting session{strategy_, state_.pinned(), state_.default_read_only()};
+  const routing::SessionRouting session = Routing();
   if (Backend* keep = KeepPipelining(traits, session, *topology)) co_return keep;
   routing::RouteResult route;
   if (routed_) {  // RelayNow asked the load balancer already; asking again would skip a node
@@ -453,6 +453,7 @@ awaitable<ClientSession::Backend*> ClientSession::Choose(const routing::UnitTrai
     route = worker_.router.Route(traits, session, *topology, worker_.in_flight);
   }
   if (route.fell_back) worker_.metrics->Inc(ctx_.metrics->reads_fallback_primary.At());
+  NoteRoute(route);
   Backend* b = nullptr;
   if (route.node >= 0) {
     b = backends_[route.node].get();
@@ -488,10 +489,11 @@ ClientSession::Backend* ClientSession::ChooseNow(const routing::UnitTraits& trai
   if (config_ != worker_.config) AdoptConfig();
   if (Consistent() && writes_in_flight_ > 0 && current_ && current_->alive) return current_;
   const health::Topology& topology = *worker_.Topology(*ctx_.monitor);
-  const routing::SessionRouting session{strategy_, state_.pinned(), state_.default_read_only()};
+  const routing::SessionRouting session = Routing();
   if (Backend* keep = KeepPipelining(traits, session, topology)) return keep;
   if (Consistent() && !worker_.router.NeedsPrimary(traits, session)) return nullptr;
   routed_ = worker_.router.Route(traits, session, topology, worker_.in_flight);
+  NoteRoute(*routed_);
   if (routed_->node < 0) return nullptr;
   Backend* b = backends_[routed_->node].get();
   if (b == nullptr || !b->alive) return nullptr;

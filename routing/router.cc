@@ -87,6 +87,15 @@ RouteResult Router::Route(const UnitTraits& unit, const SessionRouting& session,
           Candidate{i, topology.nodes[i].weight,
                     static_cast<size_t>(i) < in_flight.size() ? in_flight[i] : 0});
     }
+    if (session.preferred_replica >= 0 &&
+        config_->routing.replica_affinity == config::ReplicaAffinity::kSession) {
+      for (const Candidate& c : candidates_) {
+        if (c.node == session.preferred_replica) {
+          r.node = c.node;
+          return r;
+        }
+      }
+    }
     r.node = balancer_.Pick(candidates_);
     if (r.node >= 0) return r;
     if (!config_->routing.fallback_to_primary) {

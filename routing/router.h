@@ -45,6 +45,9 @@ struct SessionRouting {
   config::Strategy strategy = config::Strategy::kLeader;
   bool pinned = false;             // session-bound state lives on the primary
   bool default_read_only = false;  // default_transaction_read_only is on
+  // routing.replica_affinity session: the replica the session's reads went to last (-1: none);
+  // it gets the read again while it is a candidate.
+  int preferred_replica = -1;
 };
 
 // The consistency strategies: a read may only go to a replica that has replayed `min_lsn`.

@@ -154,6 +154,21 @@ def test_follower_equal_weights_many_sessions(follower, cluster):
     assert_shares(counts, {p: 1 for p in cluster.replica_ports}, "equal weights, 50 sessions")
 
 
+def test_follower_session_affinity(make_pgrelay, cluster):
+    """routing.replica_affinity session: every read of a session goes to the replica its first
+    read got, and the sessions are spread over the replicas."""
+    relay = make_pgrelay({**FOLLOWER, "routing": {"strategy": "follower", "replica_affinity": "session"}})
+    sessions: collections.Counter = collections.Counter()
+    for _ in range(40):
+        with relay.connect(autocommit=True) as conn:
+            counts = count_ports(conn, 10)
+            assert len(counts) == 1, f"one session's reads went to several nodes: {dict(counts)}"
+            (port,) = counts
+            assert port in cluster.replica_ports, f"reads on {port}, not a replica"
+            sessions[port] += 1
+    assert_shares(sessions, {p: 1 for p in cluster.replica_ports}, "sessions with replica affinity")
+
+
 @pytest.mark.parametrize("balance", ["round_robin", "random", "least_connections"])
 def test_follower_weights_1_and_3(make_pgrelay, cluster, balance):
     r1, r2 = cluster.replica_ports

@@ -69,6 +69,39 @@ TEST(RouterTest, FollowerSpreadsReadsAndSendsWritesToThePrimary) {
   EXPECT_EQ(r.Route(Write(), kFollower, t, kIdle).node, 0);
 }
 
+TEST(RouterTest, SessionAffinityKeepsASessionOnItsReplicaWhileItIsEligible) {
+  config::Config c = Config();
+  c.routing.replica_affinity = config::ReplicaAffinity::kSession;
+  c.routing.max_lag_bytes = 100;
+  Router r(c);
+  const Topology t = Cluster(1000, 1000);
+  // A session without a preference is balanced; then it keeps the replica it got.
+  SessionRouting session = kFollower;
+  session.preferred_replica = r.Route(Read(), session, t, kIdle).node;
+  ASSERT_TRUE(session.preferred_replica == 1 || session.preferred_replica == 2);
+  for (int i = 0; i < 6; ++i)
+    EXPECT_EQ(r.Route(Read(), session, t, kIdle).node, session.preferred_replica);
+  // The next new session gets the other replica (round robin among sessions).
+  const int other = r.Route(Read(), kFollower, t, kIdle).node;
+  EXPECT_NE(other, session.preferred_replica);
+  // Its replica falls behind the lag bound: the session's reads move to the other one.
+  const Topology behind = session.preferred_replica == 1 ? Cluster(500, 1000) : Cluster(1000, 500);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(r.Route(Read(), session, behind, kIdle).node, other);
+  // Writes still go to the primary.
+  EXPECT_EQ(r.Route(Write(), session, t, kIdle).node, 0);
+}
+
+TEST(RouterTest, NoAffinityIgnoresThePreference) {
+  const config::Config c = Config();  // replica_affinity none (the default)
+  Router r(c);
+  const Topology t = Cluster(1000, 1000);
+  SessionRouting session = kFollower;
+  session.preferred_replica = 1;
+  std::set<int> seen;
+  for (int i = 0; i < 4; ++i) seen.insert(r.Route(Read(), session, t, kIdle).node);
+  EXPECT_EQ(seen, (std::set<int>{1, 2}));
+}
+
 TEST(RouterTest, LagBoundExcludesAReplica) {
   config::Config c = Config();
   c.routing.max_lag_bytes = 100;
