@@ -14,7 +14,8 @@
 #
 #   tests/bench/peers_bench.sh [--seconds 10] [--rounds 2] [--clients "1 8 64"]
 #       [--modes "simple extended prepared"] [--targets "direct pgbouncer ..."] [--quick]
-#       [--no-build] [--out FILE] [--keep] [--tls] [--settle SECONDS]
+#       [--no-build] [--out FILE] [--keep] [--tls] [--settle SECONDS] [--relay-yaml LINE]...
+#       [--syscalls]
 #
 #   --tls       clients use TLS (sslmode=require) to the proxies; targets direct (plain, the
 #               baseline), pgbouncer and pgrelay unless --targets says otherwise
@@ -24,6 +25,10 @@
 #   --out FILE  where the Markdown report goes (default: $work/peers.md, removed with the work
 #               directory at exit); it is printed at the end either way
 #   --keep      keep the work directory (configs, proxy logs) at exit
+#   --relay-yaml LINE  appended to both pgrelays' config (repeatable), e.g. "workers: 1"
+#   --syscalls  also count each proxy's system calls and context switches per transaction
+#               (perf stat on its process tree for the whole pgbench run, logins included; a
+#               second table). Needs perf (Debian linux-perf) and root.
 #   --settle S  before each run, pause S seconds (default 1) and then wait (up to 10 s) until no
 #               node has an active client statement left from the previous target, so one
 #               target's aftermath (server processes exiting, a pooler resetting its
@@ -49,7 +54,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 export PATH=$PATH:/usr/sbin:/sbin
 
 seconds=10 rounds=2 clients_list="1 8 64" modes="simple extended prepared" out="" keep=0 tls=0
-settle=1
+settle=1 relay_extra=() syscalls=0
 all_targets="direct pgbouncer haproxy pgpool pgrelay-leader pgrelay-follower"
 target_list=$all_targets
 targets_given=0
@@ -63,6 +68,8 @@ while [ $# -gt 0 ]; do
     --tls) tls=1; shift ;;
     --keep) keep=1; shift ;;
     --settle) settle=$2; shift 2 ;;
+    --relay-yaml) relay_extra+=("$2"); shift 2 ;;
+    --syscalls) syscalls=1; shift ;;
     --quick) seconds=2 rounds=1 clients_list=8 modes=simple; shift ;;
     --no-build) export PGRELAY_BENCH_NO_BUILD=1; shift ;;
     --out) out=$2; shift 2 ;;
@@ -87,6 +94,7 @@ done
 [ ${#targets[@]} -gt 0 ] || die "no targets"
 want() { case " ${targets[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
 [ "$(id -u)" = 0 ] || die "run as root (installs packages, runs pgbouncer/pgpool as postgres)"
+[ "$syscalls" = 0 ] || command -v perf >/dev/null || die "--syscalls needs perf (apt-get install linux-perf)"
 
 # ---- packages ------------------------------------------------------------------------------
 system_services=(pgbouncer haproxy pgpool2)
@@ -430,7 +438,7 @@ want haproxy && start_haproxy
 want pgpool && start_pgpool
 for s in leader follower; do
   want "pgrelay-$s" || continue
-  start_relay "$s" "${relay_tls[@]}"; port_of[pgrelay-$s]=$relay_port; pid_of[pgrelay-$s]=${pids[-1]}
+  start_relay "$s" "${relay_tls[@]}" "${relay_extra[@]}"; port_of[pgrelay-$s]=$relay_port; pid_of[pgrelay-$s]=${pids[-1]}
   wait_port "$relay_port" 20 "pgrelay-$s"
 done
 printf 'SELECT 1;\n\\sleep 500 ms\n' >"$work/warmup.sql"
@@ -442,7 +450,7 @@ first_mode=${modes%% *}
 for c in $clients_list; do workloads+=("tpcb $first_mode $c"); done
 
 clk_tck=$(getconf CLK_TCK)
-declare -A n_ok n_fail tps_sum lat_sum p50_sum p99_sum tx_sum cpu_sum
+declare -A n_ok n_fail tps_sum lat_sum p50_sum p99_sum tx_sum cpu_sum sys_sum cs_sum sys_tx
 
 settle_nodes() {  # pause, then until no node runs a client statement (at most 10 s)
   sleep "$settle"
@@ -485,6 +493,16 @@ run_one() {  # workload target round
     /usr/bin/python3 "$work/peers_helper.py" sample "${pid_of[$target]}" "$samples" &
     sampler_pid=$!  # python itself (not a subshell), so that kill stops it
   fi
+  local perf_pid=""
+  if [ "$syscalls" = 1 ] && [ -n "${pid_of[$target]:-}" ]; then
+    local tree
+    tree=$(ps -e -o pid=,ppid= | awk -v root="${pid_of[$target]}" '
+      { parent[$1] = $2 } END { for (p in parent) { q = p
+        while (q != "" && q != root && q != 1 && q != 0) q = parent[q]
+        if (q == root) printf "%s%s", (n++ ? "," : ""), p } }')
+    perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$tree" -o "$dir/perf" &
+    perf_pid=$!
+  fi
   output=$(PGSSLMODE=$sslmode pgbench -h 127.0.0.1 -p "$port" -U "$app" -n "${args[@]}" -M "$mode" \
              -c "$c" -j "$j" \
              -T "$seconds" -l --log-prefix="$dir/tx" "$db" 2>&1) || true
@@ -492,10 +510,18 @@ run_one() {  # workload target round
     sleep 0.3; kill "$sampler_pid" 2>/dev/null || true; wait "$sampler_pid" 2>/dev/null || true
     sampler_pid=""
   fi
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" 2>/dev/null || true
+  fi
   local tps lat tx p50 p99 ticks
   tps=$(awk '/^tps = / {print $3}' <<<"$output")
   lat=$(awk '/^latency average = / {print $4}' <<<"$output")
   read -r tx p50 p99 ticks < <(helper analyze "$dir" "$samples")
+  local nsys="" ncs=""
+  if [ -n "$perf_pid" ] && [ -s "$dir/perf" ]; then
+    nsys=$(awk -F, '$3 == "raw_syscalls:sys_enter" {print $1}' "$dir/perf")
+    ncs=$(awk -F, '$3 == "context-switches" {print $1}' "$dir/perf")
+  fi
   rm -rf "$dir"
   if [ -z "$tps" ] || [ -z "$lat" ] || [ "$tx" = 0 ] || grep -qi 'error\|abort' <<<"$output"; then
     n_fail[$key]=$(( ${n_fail[$key]:-0} + 1 ))
@@ -509,6 +535,12 @@ run_one() {  # workload target round
     return 0
   fi
   n_ok[$key]=$(( ${n_ok[$key]:-0} + 1 ))
+  if [ -n "$perf_pid" ]; then
+    if [[ "$nsys" =~ ^[0-9]+$ ]] && [[ "$ncs" =~ ^[0-9]+$ ]]; then
+      sys_sum[$key]=$(( ${sys_sum[$key]:-0} + nsys )); cs_sum[$key]=$(( ${cs_sum[$key]:-0} + ncs ))
+      sys_tx[$key]=$(( ${sys_tx[$key]:-0} + tx ))
+    fi
+  fi
   tps_sum[$key]=$(awk -v a="${tps_sum[$key]:-0}" -v b="$tps" 'BEGIN {print a + b}')
   lat_sum[$key]=$(awk -v a="${lat_sum[$key]:-0}" -v b="$lat" 'BEGIN {print a + b}')
   p50_sum[$key]=$(awk -v a="${p50_sum[$key]:-0}" -v b="$p50" 'BEGIN {print a + b}')
@@ -559,8 +591,8 @@ avg() {  # key sum-array-name -> average over successful rounds (empty if none)
        "tree (pgpool: all its processes) from the first transaction's start to the last one's end" \
        "(logins excluded), per 1000 transactions"
   echo "- pgbouncer: session pooling; haproxy: mode tcp, nbthread 2; pgpool: streaming replication," \
-       "load balancing over 3 nodes, num_init_children $pgpool_children, max_pool 1; pgrelay: default workers" \
-       "(one per core); direct, pgbouncer, haproxy and pgrelay-leader run everything on the primary"
+       "load balancing over 3 nodes, num_init_children $pgpool_children, max_pool 1; pgrelay: ${relay_extra[*]:-default workers (one per core)};" \
+       "direct, pgbouncer, haproxy and pgrelay-leader run everything on the primary"
   [ -z "$pgpool_nodes" ] || echo "- pgpool's nodes at the end (show pool_nodes): $pgpool_nodes"
   echo
   echo "| workload | target | TPS | ratio to direct | ratio to best of PgBouncer/HAProxy | avg ms | p50 ms | p99 ms | proxy CPU s / 1000 tx |"
@@ -592,6 +624,23 @@ avg() {  # key sum-array-name -> average over successful rounds (empty if none)
                l, t, tps, f, rd, rb, lat, p50, p99, c }'
     done
   done
+  if [ "$syscalls" = 1 ]; then
+    echo
+    echo "System calls and context switches of the proxy per transaction (perf stat on its process" \
+         "tree, the whole pgbench run):"
+    echo
+    echo "| workload | target | syscalls / tx | context switches / tx |"
+    echo "|---|---|---|---|"
+    for w in "${workloads[@]}"; do
+      read -r kind mode c <<<"$w"
+      for t in "${targets[@]}"; do
+        key="$w|$t"
+        [ "${sys_tx[$key]:-0}" -gt 0 ] || continue
+        awk -v l="$kind -M $mode -c $c" -v t="$t" -v s="${sys_sum[$key]}" -v cs="${cs_sum[$key]}" \
+            -v n="${sys_tx[$key]}" 'BEGIN {printf "| %s | %s | %.2f | %.2f |\n", l, t, s / n, cs / n}'
+      done
+    done
+  fi
   echo
   one=()
   for w in "${workloads[@]}"; do read -r _ _ c <<<"$w"; [ "$c" != 1 ] || one+=("$w"); done
