@@ -6,14 +6,16 @@
 #                                   PGRELAY_BENCH_NO_BUILD=1 skips the build when the binary exists
 #                                   (e.g. while sources are being edited)
 #   start_relay STRATEGY [YAML...]  starts pgrelay; sets relay_port and relay_admin_port (extra
-#                                   YAML lines appended); runs it under "${relay_wrapper[@]}"
-#                                   when set (e.g. valgrind)
+#                                   YAML lines appended; $relay_routing, if set, is added to the
+#                                   routing map, e.g. "replica_affinity: session"); runs it under
+#                                   "${relay_wrapper[@]}" when set (e.g. valgrind)
 # Everything started is stopped on exit.
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bin=$root/build/release/proxy/pgrelay
 pids=()
 work=""
 relay_wrapper=()
+relay_routing=${relay_routing:-}
 
 bench_args() {  # --clients N --seconds N --rounds N --mode simple|extended|prepared --no-build
   clients=8 seconds=10 rounds=2 mode=simple
@@ -71,7 +73,7 @@ nodes:
   - {name: pg2, host: 127.0.0.1, port: $PGRELAY_PG_REPLICA1_PORT}
   - {name: pg3, host: 127.0.0.1, port: $PGRELAY_PG_REPLICA2_PORT}
 users: [{name: $PGRELAY_PG_APP_USER, password: $PGRELAY_PG_APP_PASSWORD}]
-routing: {strategy: $strategy}
+routing: {strategy: $strategy${relay_routing:+, $relay_routing}}
 admin: {listen: 127.0.0.1:$admin}
 log: {level: warning}
 YAML

@@ -15,7 +15,7 @@
 #   tests/bench/peers_bench.sh [--seconds 10] [--rounds 2] [--clients "1 8 64"]
 #       [--modes "simple extended prepared"] [--targets "direct pgbouncer ..."] [--quick]
 #       [--no-build] [--out FILE] [--keep] [--tls] [--settle SECONDS] [--relay-yaml LINE]...
-#       [--syscalls]
+#       [--syscalls] [--relay-routing "KEY: VALUE, ..."]
 #
 #   --tls       clients use TLS (sslmode=require) to the proxies; targets direct (plain, the
 #               baseline), pgbouncer and pgrelay unless --targets says otherwise
@@ -26,6 +26,8 @@
 #               directory at exit); it is printed at the end either way
 #   --keep      keep the work directory (configs, proxy logs) at exit
 #   --relay-yaml LINE  appended to both pgrelays' config (repeatable), e.g. "workers: 1"
+#   --relay-routing "KEY: VALUE, ..."  added to both pgrelays' routing map, e.g.
+#               "replica_affinity: session"
 #   --syscalls  also count each proxy's system calls and context switches per transaction
 #               (perf stat on its process tree for the whole pgbench run, logins included; a
 #               second table). Needs perf (Debian linux-perf) and root.
@@ -70,6 +72,7 @@ while [ $# -gt 0 ]; do
     --settle) settle=$2; shift 2 ;;
     --relay-yaml) relay_extra+=("$2"); shift 2 ;;
     --syscalls) syscalls=1; shift ;;
+    --relay-routing) relay_routing=$2; shift 2 ;;
     --quick) seconds=2 rounds=1 clients_list=8 modes=simple; shift ;;
     --no-build) export PGRELAY_BENCH_NO_BUILD=1; shift ;;
     --out) out=$2; shift 2 ;;
@@ -591,7 +594,7 @@ avg() {  # key sum-array-name -> average over successful rounds (empty if none)
        "tree (pgpool: all its processes) from the first transaction's start to the last one's end" \
        "(logins excluded), per 1000 transactions"
   echo "- pgbouncer: session pooling; haproxy: mode tcp, nbthread 2; pgpool: streaming replication," \
-       "load balancing over 3 nodes, num_init_children $pgpool_children, max_pool 1; pgrelay: ${relay_extra[*]:-default workers (one per core)};" \
+       "load balancing over 3 nodes, num_init_children $pgpool_children, max_pool 1; pgrelay: ${relay_extra[*]:-default workers (one per core)}${relay_routing:+, routing: $relay_routing};" \
        "direct, pgbouncer, haproxy and pgrelay-leader run everything on the primary"
   [ -z "$pgpool_nodes" ] || echo "- pgpool's nodes at the end (show pool_nodes): $pgpool_nodes"
   echo
