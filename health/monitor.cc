@@ -105,7 +105,7 @@ class Monitor::Impl {
   // coordination.etcd: the record as the watcher saw it (posted to the monitor's thread).
   // A newer one is followed and published at once. Ignored while a promotion runs here: its
   // compare-and-swap must compare against the record it was decided on.
-  void OnWatchedRecord(const std::optional<ClusterRecord>& latest, int64_t mod_revision);
+  void OnWatchedRecord(const ClusterRecord& latest, int64_t mod_revision);
   // coordination.etcd: reads the shared record now and then (kSharedRefresh) and follows a
   // newer one: the safety net under the watch (a record missed while a promotion ran here).
   void RefreshSharedRecord(Clock::time_point now);
@@ -298,8 +298,7 @@ void Monitor::Impl::Start() {
   }
   if (shared_store_ != nullptr) {
     watcher_ = std::make_unique<RecordWatcher>(
-        *config_->coordination.etcd,
-        [this](const std::optional<ClusterRecord>& latest, int64_t mod_revision) {
+        *config_->coordination.etcd, [this](const ClusterRecord& latest, int64_t mod_revision) {
           asio::post(io_, [this, latest, mod_revision] { OnWatchedRecord(latest, mod_revision); });
         });
     watcher_->Start();
@@ -476,10 +475,9 @@ std::optional<bool> Monitor::Impl::LoadAndFollow(std::string* error) {
   return FollowIfNewer(latest);
 }
 
-void Monitor::Impl::OnWatchedRecord(const std::optional<ClusterRecord>& latest,
-                                    int64_t mod_revision) {
-  if (stopping_ || failover_running_ || !latest || shared_store_ == nullptr) return;
-  shared_store_->Observe(*latest, mod_revision);
+void Monitor::Impl::OnWatchedRecord(const ClusterRecord& latest, int64_t mod_revision) {
+  if (stopping_ || failover_running_ || shared_store_ == nullptr) return;
+  shared_store_->Observe(latest, mod_revision);
   // Publish now, unless a round is still running: its end publishes with the new record.
   if (FollowIfNewer(latest) && published_) Publish();
 }
@@ -828,34 +826,29 @@ asio::awaitable<void> Monitor::Impl::FinishPromotion(const NodeStatus& candidate
   const asio::any_io_executor executor = io_.get_executor();
   ClusterRecord next{epoch_ + 1, candidate.name, timeline};
   std::string error;
-  bool recorded = store_->Store(next, &error);
-  if (recorded) {
+  const bool stored = store_->Store(next, &error);
+  if (!stored) PGRELAY_LOG(kError, "failover", "cannot store the failover record: " << error);
+  const bool adopted = !stored && AdoptNewerRecord();
+  if (adopted && record_->primary != candidate.name) {
+    // Another pgrelay recorded a different change first: its record is the truth, and the node
+    // promoted here is fenced as a primary of an older epoch; the replicas stay as they are.
+    PGRELAY_LOG(kError, "failover",
+                "promoted " << candidate.name << ", but another pgrelay recorded primary "
+                            << record_->primary << " at epoch " << epoch_ << " first; "
+                            << candidate.name << " is fenced");
+    failover_running_ = false;
+    StartRound(Clock::now());
+    co_return;
+  }
+  // Adopted: another pgrelay saw this promotion and recorded it first. A state file that could
+  // not be written: carry on with the record in memory. With etcd unanswered: the rounds record
+  // the new primary (on a newer timeline than the recorded one) once etcd answers; until then
+  // nobody routes writes to it.
+  if (stored || (!adopted && !Shared())) {
     record_ = next;
     epoch_ = next.epoch;
-  } else {
-    PGRELAY_LOG(kError, "failover", "cannot store the failover record: " << error);
-    if (AdoptNewerRecord()) {
-      if (record_->primary != candidate.name) {
-        // Another pgrelay recorded a different change first: its record is the truth, and the
-        // node promoted here is fenced as a primary of an older epoch; the replicas stay as
-        // they are.
-        PGRELAY_LOG(kError, "failover",
-                    "promoted " << candidate.name << ", but another pgrelay recorded primary "
-                                << record_->primary << " at epoch " << epoch_ << " first; "
-                                << candidate.name << " is fenced");
-        failover_running_ = false;
-        StartRound(Clock::now());
-        co_return;
-      }
-      recorded = true;  // another pgrelay saw this promotion and recorded it first
-    } else if (!Shared()) {
-      record_ = next;  // the state file could not be written: carry on with it in memory
-      epoch_ = next.epoch;
-      recorded = true;
-    }
-    // Else etcd did not answer: the rounds record the new primary (it is on a newer timeline
-    // than the recorded one) once it does; until then nobody routes writes to it.
   }
+  const bool recorded = stored || adopted || !Shared();
   ++failovers_;
   failover_running_ = false;
   if (recorded) {

@@ -1,5 +1,6 @@
 #include "health/record_watcher.h"
 
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -46,18 +47,14 @@ void RecordWatcher::Run() {
                                                                     << kv.value.substr(0, 200));
       return;
     }
-    on_record_(record, kv.mod_revision);
+    on_record_(*record, kv.mod_revision);
   };
   bool failing = false;
   while (!Stopping()) {
     std::string error;
     std::optional<EtcdRangeResult> current = client.Range(key, &error);
     if (current) {
-      if (current->kvs.empty()) {
-        on_record_(std::nullopt, 0);
-      } else {
-        report(current->kvs.front());
-      }
+      if (!current->kvs.empty()) report(current->kvs.front());
       if (failing) PGRELAY_LOG(kInfo, "failover", "watching " << key << " in etcd again");
       failing = false;
       const auto on_events = [&](const std::vector<EtcdWatchEvent>& events) {

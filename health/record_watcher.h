@@ -13,7 +13,6 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <thread>
 
@@ -24,10 +23,9 @@ namespace pgrelay::health {
 
 class RecordWatcher {
  public:
-  // Called on the watcher's thread with the record (nullopt: the key does not exist) and its
-  // etcd mod revision. Values that do not parse are logged and skipped.
-  using OnRecord =
-      std::function<void(const std::optional<ClusterRecord>& record, int64_t mod_revision)>;
+  // Called on the watcher's thread with the record and its etcd mod revision (not while the
+  // key does not exist). Values that do not parse are logged and skipped.
+  using OnRecord = std::function<void(const ClusterRecord& record, int64_t mod_revision)>;
 
   RecordWatcher(const config::EtcdConfig& etcd, OnRecord on_record,
                 std::chrono::milliseconds retry = std::chrono::milliseconds(500));

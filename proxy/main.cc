@@ -154,7 +154,7 @@ int main(int argc, char** argv) {
         *result.config->coordination.etcd, result.config->coordination.member,
         result.config->health.interval,
         [&monitor] { return pgrelay::health::DescribeView(*monitor.Snapshot()); });
-    // Test hook (tests/integration/test_coordination.py): every instance started with it
+    // Test hook (tests/integration/test_coordinated_failover.py): every instance started with it
     // promotes as if it were the coordinator, so that racing promotions can be shown to
     // record exactly one epoch. Never set it in production.
     const bool racing = std::getenv("PGRELAY_TEST_PROMOTE_WITHOUT_COORDINATOR") != nullptr;
