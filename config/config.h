@@ -221,7 +221,7 @@ struct RoutingConfig {
 
 struct Config {
   Endpoint listen{"127.0.0.1", 6432};
-  int workers = 0;  // 0 = one per core
+  int workers = 0;  // 0 = automatic: see proxy::Server::WorkerCount
   std::vector<NodeConfig> nodes;
   std::vector<UserConfig> users;
   AuthMethod auth = AuthMethod::kScramSha256;

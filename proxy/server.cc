@@ -172,9 +172,26 @@ Server::Server(std::shared_ptr<const config::Config> config, health::Monitor* mo
   impl_->context.pause = pause;
 }
 
+bool Server::EveryNodeOnThisMachine(const config::Config& config) {
+  bool any = false;
+  for (const config::NodeConfig& node : config.nodes) {
+    if (node.removed) continue;
+    any = true;
+    if (node.host == "localhost") continue;
+    error_code ec;
+    const asio::ip::address address = asio::ip::make_address(node.host, ec);
+    if (ec || !address.is_loopback()) return false;
+  }
+  return any;
+}
+
 int Server::WorkerCount(const config::Config& config) {
-  return config.workers > 0 ? config.workers
-                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (config.workers > 0) return config.workers;
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // With every node on this machine pgrelay shares the cores with PostgreSQL (and often the
+  // clients): a worker per core then adds wake-ups and context switches without adding
+  // throughput, since the relay's cost is mostly the kernel's (docs/benchmarks.md).
+  return EveryNodeOnThisMachine(config) ? std::max(1, cores / 2) : cores;
 }
 
 Server::~Server() = default;
@@ -269,7 +286,12 @@ int Server::Run() {
   });
   asio::co_spawn(s.main_io, s.Accept(acceptor), asio::detached);
   PGRELAY_LOG(kInfo, "server",
-              "listening on " << config->listen.ToString() << " with " << n << " workers");
+              "listening on " << config->listen.ToString() << " with " << n << " workers"
+                              << (config->workers > 0 ? ""
+                                  : EveryNodeOnThisMachine(*config)
+                                      ? " (workers: 0 = half the cores when every node is on "
+                                        "this machine)"
+                                      : " (workers: 0 = one per core)"));
   s.main_io.run();
   s.Stopped();
 

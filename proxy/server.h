@@ -20,8 +20,10 @@ class Server {
   Server(std::shared_ptr<const config::Config> config, health::Monitor* monitor,
          health::CatalogRefresher* catalog, health::LsnTracker* lsn, admin::ProxyMetrics* metrics,
          const PauseGate* pause);
-  // The number of worker threads the config asks for (0 = one per core).
+  // The number of worker threads the config asks for. 0 = one per core, or half the cores (at
+  // least one) when every node is on this machine (a loopback address or "localhost").
   static int WorkerCount(const config::Config& config);
+  static bool EveryNodeOnThisMachine(const config::Config& config);
   ~Server();
   // Listens and serves until SIGINT or SIGTERM. Returns the process exit code.
   int Run();

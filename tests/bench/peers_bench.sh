@@ -594,7 +594,7 @@ avg() {  # key sum-array-name -> average over successful rounds (empty if none)
        "tree (pgpool: all its processes) from the first transaction's start to the last one's end" \
        "(logins excluded), per 1000 transactions"
   echo "- pgbouncer: session pooling; haproxy: mode tcp, nbthread 2; pgpool: streaming replication," \
-       "load balancing over 3 nodes, num_init_children $pgpool_children, max_pool 1; pgrelay: ${relay_extra[*]:-default workers (one per core)}${relay_routing:+, routing: $relay_routing};" \
+       "load balancing over 3 nodes, num_init_children $pgpool_children, max_pool 1; pgrelay: ${relay_extra[*]:-default workers (0: half the cores, every node being on this machine)}${relay_routing:+, routing: $relay_routing};" \
        "direct, pgbouncer, haproxy and pgrelay-leader run everything on the primary"
   [ -z "$pgpool_nodes" ] || echo "- pgpool's nodes at the end (show pool_nodes): $pgpool_nodes"
   echo
