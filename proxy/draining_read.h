@@ -9,7 +9,9 @@
 // exhausted", exactly as the reactor's own EOF case does: the next read waits for epoll without
 // trying the socket first. Nothing can be missed: data that arrives after the short read makes
 // the kernel signal the socket again (a new edge), and the reactor turns speculation back on
-// whenever it sees an edge, whether or not a read was waiting for it.
+// whenever it sees an edge, whether or not a read was waiting for it. (The one short read that
+// leaves data behind is one stopped at TCP urgent data, which PostgreSQL clients and servers
+// never send; a peer that does only delays its own session until it sends more.)
 //
 // This specialises one of Asio's internal templates, so it is compiled only for the Boost
 // version it was written and tested against (and the epoll reactor); anywhere else

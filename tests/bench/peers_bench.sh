@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): pgrelay side by side with PgBouncer, HAProxy (TCP mode) and Pgpool-II,
 # all from Debian 12 packages, on loopback, in the same run. Targets, interleaved in every round
-# (direct, pgbouncer, haproxy, pgpool, pgrelay-leader, pgrelay-follower, then the next round) to
-# cancel drift:
+# (direct, pgbouncer, haproxy, pgpool, pgrelay-leader, pgrelay-follower, pgrelay-read-your-writes,
+# pgrelay-quorum, then the next round) to cancel drift:
 #   direct            the primary itself
 #   pgbouncer         PgBouncer, session pooling, to the primary (SCRAM, userlist.txt)
 #   haproxy           HAProxy, mode tcp, nbthread 2, to the primary
 #   pgpool            Pgpool-II, streaming-replication mode, load balancing over all three nodes
 #   pgrelay-leader    pgrelay, routing.strategy leader
 #   pgrelay-follower  pgrelay, routing.strategy follower
+#   pgrelay-read-your-writes, pgrelay-quorum  pgrelay under the consistency strategies
 # Workloads: pgbench -S (select-only) with each --modes protocol at each --clients count, and the
 # TPC-B-like default mix (first of --modes) at each --clients count.
 #
@@ -21,12 +22,12 @@
 #               baseline), pgbouncer and pgrelay unless --targets says otherwise
 #   --quick     smoke run: -T 2, 1 round, 8 clients, simple protocol (later options override)
 #   --no-build  use build/release/proxy/pgrelay as it is (same as PGRELAY_BENCH_NO_BUILD=1)
-#   --targets   a subset of the targets above, in that order (default: all six)
+#   --targets   a subset of the targets above, in that order (default: all eight)
 #   --out FILE  where the Markdown report goes (default: $work/peers.md, removed with the work
 #               directory at exit); it is printed at the end either way
 #   --keep      keep the work directory (configs, proxy logs) at exit
-#   --relay-yaml LINE  appended to both pgrelays' config (repeatable), e.g. "workers: 1"
-#   --relay-routing "KEY: VALUE, ..."  added to both pgrelays' routing map, e.g.
+#   --relay-yaml LINE  appended to every pgrelay's config (repeatable), e.g. "workers: 1"
+#   --relay-routing "KEY: VALUE, ..."  added to every pgrelay's routing map, e.g.
 #               "replica_affinity: session"
 #   --syscalls  also count each proxy's system calls and context switches per transaction
 #               (perf stat on its process tree for the whole pgbench run, logins included; a
@@ -57,7 +58,7 @@ export PATH=$PATH:/usr/sbin:/sbin
 
 seconds=10 rounds=2 clients_list="1 8 64" modes="simple extended prepared" out="" keep=0 tls=0
 settle=1 relay_extra=() syscalls=0
-all_targets="direct pgbouncer haproxy pgpool pgrelay-leader pgrelay-follower"
+all_targets="direct pgbouncer haproxy pgpool pgrelay-leader pgrelay-follower pgrelay-read-your-writes pgrelay-quorum"
 target_list=$all_targets
 targets_given=0
 while [ $# -gt 0 ]; do
@@ -439,7 +440,7 @@ say "targets: ${targets[*]}"
 want pgbouncer && start_pgbouncer
 want haproxy && start_haproxy
 want pgpool && start_pgpool
-for s in leader follower; do
+for s in leader follower read-your-writes quorum; do
   want "pgrelay-$s" || continue
   start_relay "$s" "${relay_tls[@]}" "${relay_extra[@]}"; port_of[pgrelay-$s]=$relay_port; pid_of[pgrelay-$s]=${pids[-1]}
   wait_port "$relay_port" 20 "pgrelay-$s"
