@@ -11,7 +11,6 @@
 #include <tuple>
 
 #include "proxy/asio_common.h"
-#include "proxy/draining_read.h"
 #include "proxy/server_tls.h"
 
 namespace pgrelay::proxy {
@@ -35,11 +34,9 @@ class Transport {
   awaitable<error_code> ClientHandshake(std::shared_ptr<const BackendTls> backend_tls,
                                         const std::string& host, std::string* detail);
 
-  // Plain TCP reads tell the reactor when they emptied the socket (see draining_read.h): the
-  // next read then waits for epoll instead of first trying a socket it knows is empty.
   awaitable<std::tuple<error_code, size_t>> ReadSome(asio::mutable_buffer buffer) {
     return tls_ ? tls_->async_read_some(buffer, kNoThrow)
-                : socket_.async_read_some(DrainingBuffer{buffer}, kNoThrow);
+                : socket_.async_read_some(buffer, kNoThrow);
   }
   template <typename ConstBufferSequence>
   awaitable<std::tuple<error_code, size_t>> Write(const ConstBufferSequence& buffers) {

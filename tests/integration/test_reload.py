@@ -140,9 +140,11 @@ def test_invalid_file_is_refused_with_every_error(make_pgrelay, cluster):
     relay.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: metric(relay, "pgrelay_config_reloads_total", result="failure") == 2,
                timeout=10, what="the SIGHUP reload to be refused")
-    log = relay.log_tail()
-    assert "received SIGHUP" in log
-    assert "health.interval" in log[log.rindex("received SIGHUP"):]
+    # The refusal is counted before its errors reach the log: wait for them.
+    def logged_after_sighup():
+        log = relay.log_tail()
+        return "received SIGHUP" in log and "health.interval" in log[log.rindex("received SIGHUP"):]
+    wait_until(logged_after_sighup, timeout=10, what="the SIGHUP reload's errors in the log")
     assert metric(relay, "pgrelay_config_reloads_total", result="success") == 0
 
     # A syntax error (not YAML at all) is refused the same way.
