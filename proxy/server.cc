@@ -185,13 +185,21 @@ bool Server::EveryNodeOnThisMachine(const config::Config& config) {
   return any;
 }
 
-int Server::WorkerCount(const config::Config& config) {
+int Server::WorkerCount(const config::Config& config, const char** rule) {
+  const char* ignored = nullptr;
+  if (rule == nullptr) rule = &ignored;
+  *rule = "as configured";
   if (config.workers > 0) return config.workers;
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   // With every node on this machine pgrelay shares the cores with PostgreSQL (and often the
   // clients): a worker per core then adds wake-ups and context switches without adding
   // throughput, since the relay's cost is mostly the kernel's (docs/benchmarks.md).
-  return EveryNodeOnThisMachine(config) ? std::max(1, cores / 2) : cores;
+  if (EveryNodeOnThisMachine(config)) {
+    *rule = "workers: 0 = half the cores when every node is on this machine";
+    return std::max(1, cores / 2);
+  }
+  *rule = "workers: 0 = one per core";
+  return cores;
 }
 
 Server::~Server() = default;
@@ -227,11 +235,12 @@ int Server::Run() {
   Impl& s = *impl_;
   std::shared_ptr<const config::Config> config;  // listen and workers never change on reload
   int n = 0;
+  const char* rule = nullptr;  // how n was chosen, for the log
   {
     // From here a reload reaches the workers (posted; they run it once their thread starts).
     std::lock_guard lock(s.workers_mu);
     config = s.config;
-    n = WorkerCount(*config);
+    n = WorkerCount(*config, &rule);
     for (int i = 0; i < n; ++i) {
       s.workers.push_back(std::make_unique<Worker>(config));
       s.workers.back()->context.metrics = &s.context.metrics->WorkerShard(i);
@@ -285,13 +294,9 @@ int Server::Run() {
     hangup.cancel(ignored);
   });
   asio::co_spawn(s.main_io, s.Accept(acceptor), asio::detached);
-  PGRELAY_LOG(kInfo, "server",
-              "listening on " << config->listen.ToString() << " with " << n << " workers"
-                              << (config->workers > 0 ? ""
-                                  : EveryNodeOnThisMachine(*config)
-                                      ? " (workers: 0 = half the cores when every node is on "
-                                        "this machine)"
-                                      : " (workers: 0 = one per core)"));
+  PGRELAY_LOG(
+      kInfo, "server",
+      "listening on " << config->listen.ToString() << " with " << n << " workers (" << rule << ")");
   s.main_io.run();
   s.Stopped();
 

@@ -21,8 +21,9 @@ class Server {
          health::CatalogRefresher* catalog, health::LsnTracker* lsn, admin::ProxyMetrics* metrics,
          const PauseGate* pause);
   // The number of worker threads the config asks for. 0 = one per core, or half the cores (at
-  // least one) when every node is on this machine (a loopback address or "localhost").
-  static int WorkerCount(const config::Config& config);
+  // least one) when every node is on this machine (a loopback address or "localhost"). *rule,
+  // if given, says which of these chose the count (for the log).
+  static int WorkerCount(const config::Config& config, const char** rule = nullptr);
   static bool EveryNodeOnThisMachine(const config::Config& config);
   ~Server();
   // Listens and serves until SIGINT or SIGTERM. Returns the process exit code.
