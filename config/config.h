@@ -205,6 +205,11 @@ struct RoutingConfig {
   // none: every read is balanced anew; session: a session's reads stay on the replica its first
   // read got, while that replica stays eligible (as Pgpool-II does; its caches stay warm).
   ReplicaAffinity replica_affinity = ReplicaAffinity::kNone;
+  // false: a session that may read from replicas opens its replica connections in the
+  // background right after login (the replica its reads will use, or every eligible one without
+  // affinity), as Pgpool-II and MaxScale do, so its first read does not wait for a login.
+  // true: a replica connection opens when a read first goes there (MaxScale's lazy_connect).
+  bool lazy_connect = false;
   uint64_t max_lag_bytes = 16u << 20;  // replicas further behind get no reads; 0 = no bound
   // The same in time; 0 = no bound (the default: replay-time lag is an estimate that reads
   // high after idle periods, so the byte bound is the reliable one).

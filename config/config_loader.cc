@@ -961,6 +961,7 @@ void Loader::ReadRouting(const Entry& e) {
                   Set(ReadEnum(f, {ReplicaAffinity::kNone, ReplicaAffinity::kSession}),
                       &routing.replica_affinity);
                 }},
+               {"lazy_connect", [&](const Entry& f) { Set(ReadBool(f), &routing.lazy_connect); }},
                {"max_lag_bytes",
                 [&](const Entry& f) {
                   Set(ReadWithUnit(f, kSizeUnits, kSizeForm, 0, uint64_t{1} << 50,

@@ -43,6 +43,7 @@ ClientSession::ClientSession(tcp::socket socket, ServerContext& context, WorkerC
       client_stream_(client_, client_buf_),
       switch_signal_(client_.get_executor()),
       readers_done_(client_.get_executor()),
+      logins_done_(client_.get_executor()),
       client_write_free_(client_.get_executor()),
       self_(std::make_shared<ClientSession*>(this)),
       lsn_timer_(client_.get_executor()) {
@@ -72,6 +73,7 @@ void ClientSession::CloseAll() {
   for (auto& b : backends_) {
     if (b) b->conn->socket().close(ignored);
   }
+  for (const Login& login : logins_) login.conn->socket().close(ignored);
 }
 
 awaitable<void> ClientSession::SendFatal(std::string_view code, std::string_view message,

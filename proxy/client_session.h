@@ -163,7 +163,15 @@ class ClientSession {
   // A pipelining client's current backend if it is as good a target for this unit.
   Backend* KeepPipelining(const routing::UnitTraits& traits, const routing::SessionRouting& session,
                           const health::Topology& topology);
+  // A connection to `node` (a new one unless another login to it, the warm-up's, was under way
+  // and succeeded); nullptr if the login failed or the session is ending.
   awaitable<Backend*> OpenBackend(int node);
+  bool LoginUnderWay(int node) const;
+  // routing.lazy_connect false: right after login, opens in the background the replica
+  // connections the session's reads will use (Relay waits for it like for a reader).
+  void StartWarmUp();
+  awaitable<void> WarmUp();
+  awaitable<void> WarmUpReplicas();
   // Admin PAUSE: holds the next unit at a transaction boundary until RESUME (or the pause's end).
   awaitable<void> WaitWhilePaused();
   awaitable<Backend*> HoldForPrimary(const routing::UnitTraits& traits,
@@ -298,9 +306,15 @@ class ClientSession {
   char tx_status_ = 'I';
   bool tx_predicted_ = false;  // in a transaction once the sent units have run
   bool ending_ = false;
-  int readers_ = 0;
+  int readers_ = 0;       // backend readers and the warm-up: the session outlives them
   Signal switch_signal_;  // a backend's forwarded replies all reached the client
   Signal readers_done_;
+  struct Login {
+    int node;
+    BackendConnection* conn;
+  };
+  std::vector<Login> logins_;  // backend logins under way (CloseAll ends them)
+  Signal logins_done_;
   Signal client_write_free_;
   bool client_writing_ = false;
   std::string last_connect_error_;

@@ -72,6 +72,7 @@ std::string QuoteIdent(std::string_view name) {
 }  // namespace
 
 awaitable<void> ClientSession::Relay() {
+  StartWarmUp();
   try {
     co_await ClientPump();
   } catch (const std::exception& e) {
@@ -581,7 +582,12 @@ awaitable<ClientSession::Backend*> ClientSession::HoldForPrimary(
 }
 
 awaitable<ClientSession::Backend*> ClientSession::OpenBackend(int node) {
+  // One login per node at a time: a caller that finds one under way (the warm-up's) waits for
+  // it and takes its connection.
+  while (LoginUnderWay(node)) co_await logins_done_.Wait();
   auto& slot = backends_[node];
+  if (slot && slot->alive) co_return slot.get();
+  if (ending_) co_return nullptr;
   if (slot && slot->reader_running) {
     error_code ignored;
     slot->conn->socket().close(ignored);
@@ -596,19 +602,77 @@ awaitable<ClientSession::Backend*> ClientSession::OpenBackend(int node) {
   auto b = std::make_unique<Backend>();
   b->node = node;
   b->conn = std::make_unique<BackendConnection>(client_.get_executor(), &worker_.pool);
-  if (!co_await b->conn->Login(params)) {
+  BackendConnection* conn = b->conn.get();
+  logins_.push_back(Login{node, conn});
+  const bool ok = co_await conn->Login(params);
+  std::erase_if(logins_, [conn](const Login& l) { return l.conn == conn; });
+  logins_done_.Notify();
+  if (ending_) co_return nullptr;  // CloseAll ended the login, or it finished too late
+  if (!ok) {
     worker_.metrics->Inc(ctx_.metrics->backend_connect_failures.At(static_cast<size_t>(node)));
-    last_connect_error_ = b->conn->error_message();
+    last_connect_error_ = conn->error_message();
     PGRELAY_LOG(kWarning, "session",
                 "client " << peer_ << ": could not open a connection to node " << status.name
                           << ": " << last_connect_error_);
     co_return nullptr;
   }
-  if (cancel_slot_) cancel_slot_->SetTarget(node, CancelTargetOf(*b->conn));
+  if (cancel_slot_) cancel_slot_->SetTarget(node, CancelTargetOf(*conn));
   slot = std::move(b);
   CountBackend(slot.get(), true);
   StartReader(slot.get());
   co_return slot.get();
+}
+
+bool ClientSession::LoginUnderWay(int node) const {
+  for (const Login& login : logins_) {
+    if (login.node == node) return true;
+  }
+  return false;
+}
+
+void ClientSession::StartWarmUp() {
+  if (strategy_ == config::Strategy::kLeader || config_->routing.lazy_connect) return;
+  ++readers_;
+  asio::co_spawn(client_.get_executor(), WarmUp(), asio::detached);
+}
+
+awaitable<void> ClientSession::WarmUp() {
+  try {
+    co_await WarmUpReplicas();
+  } catch (const std::exception& e) {
+    PGRELAY_LOG(kError, "session", "client " << peer_ << ": internal error: " << e.what());
+  }
+  --readers_;
+  readers_done_.Notify();
+}
+
+awaitable<void> ClientSession::WarmUpReplicas() {
+  // The replicas this session's reads will go to: with replica_affinity session the one the
+  // balancer gives it now (its reads then stay there); without, every eligible replica, since
+  // reads are balanced over all of them (Pgpool-II and MaxScale connect to every node too).
+  std::shared_ptr<const health::Topology> topology = worker_.Topology(*ctx_.monitor);
+  const routing::UnitTraits read;
+  const routing::SessionRouting session = Routing();
+  if (worker_.router.NeedsPrimary(read, session)) co_return;
+  std::vector<int> nodes;
+  if (config_->routing.replica_affinity == config::ReplicaAffinity::kSession) {
+    const routing::RouteResult route =
+        worker_.router.Route(read, session, *topology, worker_.in_flight);
+    if (route.node < 0 || route.to_primary) co_return;
+    NoteRoute(route);
+    nodes.push_back(route.node);
+  } else {
+    for (int r : topology->replicas) {
+      if (worker_.router.EligibleReplica(*topology, r)) nodes.push_back(r);
+    }
+  }
+  for (int node : nodes) {
+    const Backend* b = backends_[node].get();
+    if (b != nullptr && b->alive) continue;  // the first read got there first
+    // A failure is logged and counted; a read routed there tries again, as with lazy_connect.
+    co_await OpenBackend(node);
+    if (ending_) co_return;
+  }
 }
 
 void ClientSession::StartReader(Backend* b) {

@@ -673,8 +673,10 @@ TEST(ConfigRoutingTest, ReadRoutingKnobs) {
   auto r = LoadConfigString(
       "nodes: [{name: a, host: h}]\nusers: [{name: u, password: p}]\n"
       "routing: {strategy: follower, load_balance: least_connections, max_lag_bytes: 1MB,\n"
-      "          max_lag: 2s, fallback_to_primary: false, replica_affinity: session}\n");
+      "          max_lag: 2s, fallback_to_primary: false, replica_affinity: session,\n"
+      "          lazy_connect: true}\n");
   ASSERT_TRUE(r.errors.empty()) << r.errors[0].ToString();
+  EXPECT_TRUE(r.config->routing.lazy_connect);
   EXPECT_EQ(r.config->strategy, Strategy::kFollower);
   EXPECT_EQ(r.config->routing.load_balance, LoadBalance::kLeastConnections);
   EXPECT_EQ(r.config->routing.max_lag_bytes, 1u << 20);
@@ -689,17 +691,19 @@ TEST(ConfigRoutingTest, RoutingDefaultsAndErrors) {
   EXPECT_EQ(ok.config->routing.load_balance, LoadBalance::kRoundRobin);
   EXPECT_TRUE(ok.config->routing.fallback_to_primary);
   EXPECT_EQ(ok.config->routing.replica_affinity, ReplicaAffinity::kNone);
+  EXPECT_FALSE(ok.config->routing.lazy_connect);
   auto bad = LoadConfigString(
       "nodes: [{name: a, host: h}]\nusers: [{name: u, password: p}]\n"
       "routing: {load_balance: fastest, fallback_to_primary: maybe, max_lag: -1,\n"
-      "          replica_affinity: transaction}\n");
-  ASSERT_EQ(bad.errors.size(), 4u);
+      "          replica_affinity: transaction, lazy_connect: sometimes}\n");
+  ASSERT_EQ(bad.errors.size(), 5u);
   EXPECT_EQ(bad.errors[0].key, "routing.load_balance");
   EXPECT_EQ(bad.errors[1].key, "routing.fallback_to_primary");
   EXPECT_EQ(bad.errors[2].key, "routing.max_lag");
   EXPECT_EQ(bad.errors[3].key, "routing.replica_affinity");
   EXPECT_NE(bad.errors[3].message.find("none, session"), std::string::npos)
       << bad.errors[3].message;
+  EXPECT_EQ(bad.errors[4].key, "routing.lazy_connect");
 }
 
 TEST(ConfigRoutingTest, ClassifierKeys) {

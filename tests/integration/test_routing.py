@@ -465,6 +465,95 @@ def test_hint_replica_under_leader(leader, cluster, objects):
 
 
 # ---------------------------------------------------------------------------------------------
+# Replica connections at login (routing.lazy_connect)
+# ---------------------------------------------------------------------------------------------
+
+
+def _backends_by_node(cluster: Cluster, app_name: str) -> dict[int, int]:
+    """Client backends with `app_name` on each node (pgrelay forwards application_name)."""
+    counts = {}
+    for port in (cluster.primary_port, *cluster.replica_ports):
+        with node_connect(cluster, port) as direct:
+            counts[port] = direct.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                " AND backend_type = 'client backend'", (app_name,)).fetchone()[0]
+    return counts
+
+
+def test_follower_session_connects_to_every_replica_at_login(follower, cluster):
+    """Default (lazy_connect false): right after login, without a statement, the session has a
+    connection to each eligible replica, so its first read does not wait for a replica login."""
+    app_name = unique("warm")
+    r1, r2 = cluster.replica_ports
+    with follower.connect(autocommit=True, application_name=app_name) as conn:
+        want = {cluster.primary_port: 1, r1: 1, r2: 1}
+        wait_until(lambda: _backends_by_node(cluster, app_name) == want, timeout=10,
+                   what="one connection per node right after login")
+        # Reads use those connections: no node gets a second one.
+        assert set(count_ports(conn, 10)) == {r1, r2}
+        assert _backends_by_node(cluster, app_name) == want
+    wait_until(lambda: sum(_backends_by_node(cluster, app_name).values()) == 0, timeout=10,
+               what="the session's connections to close with it")
+
+
+def test_first_read_at_once_after_login_shares_the_warm_up_connection(follower, cluster):
+    """A read sent while the warm-up's login to its replica is under way waits for that login
+    and uses the connection: one connection per replica, never two."""
+    r1, r2 = cluster.replica_ports
+    for _ in range(5):
+        app_name = unique("warm")
+        with follower.connect(autocommit=True, application_name=app_name) as conn:
+            assert set(count_ports(conn, 4)) == {r1, r2}
+            assert _backends_by_node(cluster, app_name) == {cluster.primary_port: 1, r1: 1, r2: 1}
+
+
+def test_session_ending_during_warm_up_leaves_no_connection(follower, cluster):
+    app_name = unique("warm")
+    for _ in range(10):
+        follower.connect(autocommit=True, application_name=app_name).close()
+    wait_until(lambda: sum(_backends_by_node(cluster, app_name).values()) == 0, timeout=10,
+               what="every connection of sessions that ended at once to close")
+    follower.assert_healthy()
+
+
+def test_affinity_session_connects_to_its_replica_at_login(make_pgrelay, cluster):
+    relay = make_pgrelay({**FOLLOWER, "routing": {"strategy": "follower", "replica_affinity": "session"}})
+    for _ in range(4):
+        app_name = unique("warm")
+        with relay.connect(autocommit=True, application_name=app_name) as conn:
+            def one_replica():
+                counts = _backends_by_node(cluster, app_name)
+                return counts[cluster.primary_port] == 1 and sorted(
+                    counts[p] for p in cluster.replica_ports) == [0, 1]
+            wait_until(one_replica, timeout=10, what="one replica connection right after login")
+            counts = _backends_by_node(cluster, app_name)
+            (warm,) = [p for p in cluster.replica_ports if counts[p] == 1]
+            # The session's reads go to the replica it was connected to at login.
+            assert set(count_ports(conn, 10)) == {warm}
+
+
+def test_lazy_connect_opens_a_replica_connection_on_first_read(make_pgrelay, cluster):
+    relay = make_pgrelay({**FOLLOWER, "routing": {"strategy": "follower", "lazy_connect": True}})
+    app_name = unique("lazy")
+    with relay.connect(autocommit=True, application_name=app_name) as conn:
+        time.sleep(1.0)  # time enough for a warm-up, were there one
+        assert _backends_by_node(cluster, app_name) == {
+            cluster.primary_port: 1, cluster.replica_ports[0]: 0, cluster.replica_ports[1]: 0}
+        port = port_of(conn)
+        assert port in cluster.replica_ports
+        assert _backends_by_node(cluster, app_name)[port] == 1
+
+
+def test_leader_session_opens_no_replica_connection(leader, cluster):
+    app_name = unique("warm")
+    with leader.connect(autocommit=True, application_name=app_name) as conn:
+        time.sleep(1.0)
+        assert port_of(conn) == cluster.primary_port
+        assert _backends_by_node(cluster, app_name) == {
+            cluster.primary_port: 1, cluster.replica_ports[0]: 0, cluster.replica_ports[1]: 0}
+
+
+# ---------------------------------------------------------------------------------------------
 # Lag bound
 # ---------------------------------------------------------------------------------------------
 
