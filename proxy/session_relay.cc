@@ -670,8 +670,16 @@ awaitable<void> ClientSession::WarmUpReplicas() {
     const Backend* b = backends_[node].get();
     if (b != nullptr && b->alive) continue;  // the first read got there first
     // A failure is logged and counted; a read routed there tries again, as with lazy_connect.
-    co_await OpenBackend(node);
+    Backend* opened = co_await OpenBackend(node);
     if (ending_) co_return;
+    if (opened == nullptr) continue;
+    // The health checks may have dropped the node while the login ran (the topology watcher
+    // closes only the connections that existed then).
+    const auto& now = worker_.Topology(*ctx_.monitor);
+    const bool lost = static_cast<size_t>(node) >= now->nodes.size() || now->nodes[node].removed ||
+                      now->nodes[node].state == health::NodeHealth::kDown ||
+                      now->nodes[node].state == health::NodeHealth::kFenced;
+    if (lost) DropNode(node, "was lost while pgrelay logged in to it");
   }
 }
 
