@@ -9,7 +9,8 @@
 #                                   YAML lines appended; $relay_routing, if set, is added to the
 #                                   routing map, e.g. "replica_affinity: session"); runs it under
 #                                   "${relay_wrapper[@]}" when set (e.g. valgrind)
-# Everything started is stopped on exit.
+# Everything started is stopped on exit, except the cluster: it stays running for the next
+# benchmark (scripts/cluster.sh stop --dir /tmp/pgrelay-cluster when done).
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bin=$root/build/release/proxy/pgrelay
 pids=()

@@ -51,7 +51,8 @@
 # its own instances listen on free 127.0.0.1 ports with configs in the work directory
 # (pgbouncer and pgpool as the postgres user). Uses the local cluster of scripts/cluster.sh (started
 # if not running) and the release build, like the other benchmarks (tests/bench/lib.sh).
-# Everything started is stopped at exit. Uses all cores: run it on an otherwise idle machine.
+# Everything started is stopped at exit, except the cluster, which stays running for the next
+# run (scripts/cluster.sh stop --dir /tmp/pgrelay-cluster). Uses all cores: run it on an otherwise idle machine.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 export PATH=$PATH:/usr/sbin:/sbin
