@@ -66,6 +66,9 @@ struct NodeStatus {
   uint64_t probe_failures_total = 0;  // failed (or late) probes since pgrelay started
   int consecutive_successes = 0;
   std::chrono::steady_clock::time_point last_probe{};  // when the last probe ended; {} = never
+
+  // Down (removed slots included) or fenced: pgrelay's connections to it should close.
+  bool Lost() const { return state == NodeHealth::kDown || state == NodeHealth::kFenced; }
 };
 
 struct Topology {

@@ -59,7 +59,7 @@ struct Worker {
 // session keeps talking to a stale primary.
 awaitable<void> WatchTopology(ServerContext* context, Worker* worker) {
   uint64_t seen = 0;
-  std::vector<health::NodeHealth> last;
+  std::vector<bool> was_lost;  // per node slot, as of the last snapshot seen
   while (!worker->shutting_down) {
     const auto period =
         std::max(std::chrono::milliseconds(50), worker->context.config->health.interval / 4);
@@ -69,14 +69,13 @@ awaitable<void> WatchTopology(ServerContext* context, Worker* worker) {
     const auto topology = context->monitor->Snapshot();
     if (topology->version == seen) continue;
     seen = topology->version;
-    last.resize(topology->nodes.size(), health::NodeHealth::kUp);
+    was_lost.resize(topology->nodes.size(), false);
     for (size_t i = 0; i < topology->nodes.size(); ++i) {
       const health::NodeHealth state = topology->nodes[i].state;
-      const bool lost = state == health::NodeHealth::kDown || state == health::NodeHealth::kFenced;
-      const bool was_lost =
-          last[i] == health::NodeHealth::kDown || last[i] == health::NodeHealth::kFenced;
-      last[i] = state;
-      if (!lost || was_lost) continue;
+      const bool lost = topology->nodes[i].Lost();
+      const bool before = was_lost[i];
+      was_lost[i] = lost;
+      if (!lost || before) continue;
       const char* why = topology->nodes[i].removed ? "was removed from the configuration"
                         : state == health::NodeHealth::kDown
                             ? "was declared down by the health checks"

@@ -675,11 +675,9 @@ awaitable<void> ClientSession::WarmUpReplicas() {
     if (opened == nullptr) continue;
     // The health checks may have dropped the node while the login ran (the topology watcher
     // closes only the connections that existed then).
-    const auto& now = worker_.Topology(*ctx_.monitor);
-    const bool lost = static_cast<size_t>(node) >= now->nodes.size() || now->nodes[node].removed ||
-                      now->nodes[node].state == health::NodeHealth::kDown ||
-                      now->nodes[node].state == health::NodeHealth::kFenced;
-    if (lost) DropNode(node, "was lost while pgrelay logged in to it");
+    if (worker_.Topology(*ctx_.monitor)->nodes[node].Lost()) {
+      DropNode(node, "was lost while pgrelay logged in to it");
+    }
   }
 }
 
