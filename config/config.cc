@@ -48,6 +48,16 @@ std::string_view ToString(ReplicaAffinity a) {
   return "unknown";
 }
 
+std::string_view ToString(PoolMode m) {
+  switch (m) {
+    case PoolMode::kOff:
+      return "off";
+    case PoolMode::kSession:
+      return "session";
+  }
+  return "unknown";
+}
+
 std::string_view ToString(LoadBalance b) {
   switch (b) {
     case LoadBalance::kRoundRobin:

@@ -51,6 +51,9 @@ enum class LoadBalance { kRoundRobin, kLeastConnections, kRandom };
 // routing.replica_affinity: whether a session's reads stay on one replica.
 enum class ReplicaAffinity { kNone, kSession };
 enum class Route { kPrimary, kReplica };
+// pool.mode: off, or session (a server connection serves one client session at a time and
+// outlives it, reset with DISCARD ALL, like PgBouncer's pool_mode = session).
+enum class PoolMode { kOff, kSession };
 enum class FailoverMode { kOff, kManual, kAuto };
 enum class TlsMode { kDisable, kAllow, kRequire };
 // backend.tls, with libpq's sslmode meanings.
@@ -60,6 +63,7 @@ std::string_view ToString(AuthMethod m);  // "scram-sha-256" | "md5" | "trust"
 std::string_view ToString(Strategy s);    // "leader" | "follower" | "read-your-writes" | "quorum"
 std::string_view ToString(LogLevel l);
 std::string_view ToString(ReplicaAffinity a);  // "none" | "session"
+std::string_view ToString(PoolMode m);         // "off" | "session"
 std::string_view ToString(LoadBalance b);   // "round_robin" | "least_connections" | "random"    //
                                             // "debug" | "info" | "warning" | "error"
 std::string_view ToString(Route r);         // "primary" | "replica"
@@ -84,6 +88,15 @@ struct Limits {
   std::chrono::milliseconds client_idle_timeout{0};  // 0 = off
 
   bool operator==(const Limits&) const = default;
+};
+
+// pool: server connections kept for the next session after their client leaves (docs/pool.md).
+struct PoolConfig {
+  PoolMode mode = PoolMode::kOff;
+  std::chrono::milliseconds idle_timeout{60000};  // a parked connection unused this long closes
+  int max_idle = 50;  // parked connections per node and worker; more are closed
+
+  bool operator==(const PoolConfig&) const = default;
 };
 
 struct HealthConfig {
@@ -240,6 +253,7 @@ struct Config {
   std::string admin_token;
   TlsConfig tls;
   Limits limits;
+  PoolConfig pool;
   HealthConfig health;
   FailoverConfig failover;
   CoordinationConfig coordination;

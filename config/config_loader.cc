@@ -226,6 +226,7 @@ class Loader {
   void ReadUsers(const Entry& e);
   void ReadBackend(const Entry& e);
   void ReadLimits(const Entry& e);
+  void ReadPool(const Entry& e);
   void ReadHealth(const Entry& e);
   void ReadFailover(const Entry& e);
   void ReadTls(const Entry& e);
@@ -499,6 +500,7 @@ void Loader::ReadRoot(const YAML::Node& root) {
           {"routing", [&](const Entry& e) { ReadRouting(e); }},
           {"admin", [&](const Entry& e) { ReadAdmin(e); }},
           {"limits", [&](const Entry& e) { ReadLimits(e); }},
+          {"pool", [&](const Entry& e) { ReadPool(e); }},
           {"health", [&](const Entry& e) { ReadHealth(e); }},
           {"failover", [&](const Entry& e) { ReadFailover(e); }},
           {"tls", [&](const Entry& e) { ReadTls(e); }},
@@ -915,6 +917,19 @@ void Loader::ReadLimits(const Entry& e) {
              Set(ReadDuration(f, /*zero_means_off=*/true), &limits.client_idle_timeout);
            }},
       });
+}
+
+void Loader::ReadPool(const Entry& e) {
+  PoolConfig& pool = config_.pool;
+  VisitMap(e.value, e.path, e.line,
+           {
+               {"mode",
+                [&](const Entry& f) {
+                  Set(ReadEnum(f, {PoolMode::kOff, PoolMode::kSession}), &pool.mode);
+                }},
+               {"idle_timeout", [&](const Entry& f) { Set(ReadDuration(f), &pool.idle_timeout); }},
+               {"max_idle", [&](const Entry& f) { Set(ReadInt(f, 1, 100'000), &pool.max_idle); }},
+           });
 }
 
 void Loader::ReadHealth(const Entry& e) {

@@ -117,6 +117,7 @@ ReloadPlan PlanReload(const Config& running, const Config& loaded, std::string_v
   Note(&plan.changes, "backend TLS (new node connections and probes)", running.backend_tls,
        loaded.backend_tls);
   Note(&plan.changes, "limits (new sessions)", running.limits, loaded.limits);
+  Note(&plan.changes, "pool (connections parked from now on)", running.pool, loaded.pool);
   if (loaded.health.interval != running.health.interval ||
       loaded.health.timeout != running.health.timeout ||
       loaded.health.failure_threshold != running.health.failure_threshold ||

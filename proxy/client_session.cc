@@ -66,14 +66,21 @@ ClientSession::~ClientSession() {
   if (counted_) ctx_.client_connections.fetch_sub(1, std::memory_order_relaxed);
 }
 
-void ClientSession::CloseAll() {
+void ClientSession::CloseAll(bool keep_resetting) {
   error_code ignored;
   client_.Close();
   lsn_timer_.cancel();
   for (auto& b : backends_) {
-    if (b) b->conn->socket().close(ignored);
+    if (b && !(keep_resetting && b->resetting)) b->conn->socket().close(ignored);
   }
   for (const Login& login : logins_) login.conn->socket().close(ignored);
+}
+
+std::unique_ptr<BackendConnection> ClientSession::FromPool(const BackendLoginParams& params,
+                                                           Backend* b) {
+  if (config_->pool.mode != config::PoolMode::kSession) return nullptr;
+  b->pool_key = BackendPool::KeyOf(params);
+  return worker_.backends.Take(b->node, b->pool_key);
 }
 
 awaitable<void> ClientSession::SendFatal(std::string_view code, std::string_view message,
@@ -472,8 +479,13 @@ awaitable<bool> ClientSession::ConnectFirstBackend() {
     node = &topology->nodes[candidate];
     b = std::make_unique<Backend>();
     b->node = candidate;
-    b->conn = std::make_unique<BackendConnection>(client_.get_executor(), &worker_.pool);
     const BackendLoginParams params = LoginParamsFor(*node);
+    b->conn = FromPool(params, b.get());
+    if (b->conn != nullptr) {
+      CountBackend(b.get(), true);
+      break;
+    }
+    b->conn = std::make_unique<BackendConnection>(client_.get_executor(), &worker_.pool);
     if (co_await b->conn->Login(params)) {
       CountBackend(b.get(), true);
       break;

@@ -68,6 +68,12 @@ class ClientSession {
     std::string rewritten;          // a FATAL relayed as ERROR (see RewriteFatal)
     const char* dropped = nullptr;  // why pgrelay closed it (DropNode), for the log and client
     bool counted = false;           // in pgrelay_backend_connections
+    char status = 'I';              // transaction status of its last ReadyForQuery
+    // pool.mode session: the key it is pooled under (empty: pooling off); at session end,
+    // DISCARD ALL sent (`resetting`), and its reply came back clean (`reset_ok`).
+    std::string pool_key;
+    bool resetting = false;
+    bool reset_ok = false;
   };
   // Extended-protocol messages since the last Sync, held until the batch can be routed whole.
   struct Batch {
@@ -117,7 +123,17 @@ class ClientSession {
   BackendLoginParams LoginParamsFor(const health::NodeStatus& node) const;
   // "no primary node is available (pg1: <why>; ...)": tells the client what the probes saw.
   static std::string NoPrimaryMessage(const health::Topology& topology);
-  void CloseAll();
+  // Closes the client, backend logins under way and every backend connection (but those
+  // being reset for the pool, with `keep_resetting`).
+  void CloseAll(bool keep_resetting = false);
+  // pool.mode session: a connection to `node` parked by an earlier session, for `b` (which gets
+  // the pool key); nullptr if none (then log in; `b` parks under that key at the end).
+  std::unique_ptr<BackendConnection> FromPool(const BackendLoginParams& params, Backend* b);
+  // At session end: whether `b` may go to the pool (idle, nothing owed, node healthy).
+  bool Reusable(const Backend& b, const health::Topology& topology) const;
+  // At session end: resets the reusable connections with DISCARD ALL and parks them, says
+  // goodbye to the others, closes everything and waits for every reader.
+  awaitable<void> EndBackends();
   // Metrics: a refused start-up by its SQLSTATE (once per session); a backend connection
   // opened (true) or gone (false), counted once each way.
   void CountRejected(std::string_view code);

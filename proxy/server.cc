@@ -45,6 +45,7 @@ struct Worker {
     shutting_down = true;
     guard.reset();
     watch.cancel();
+    context.backends.Shut();
     for (ClientSession* s : sessions) s->Shutdown();
     if (sessions.empty()) return;
     grace.expires_after(kShutdownGrace);
@@ -56,7 +57,8 @@ struct Worker {
 
 // Drops this worker's backend connections to nodes the monitor has just declared down or
 // fenced: a statement waiting on a hung node gets an error instead of waiting forever, and no
-// session keeps talking to a stale primary.
+// session keeps talking to a stale primary. Also closes parked connections (pool.mode: session)
+// to such nodes, and those idle longer than pool.idle_timeout.
 awaitable<void> WatchTopology(ServerContext* context, Worker* worker) {
   uint64_t seen = 0;
   std::vector<bool> was_lost;  // per node slot, as of the last snapshot seen
@@ -67,6 +69,10 @@ awaitable<void> WatchTopology(ServerContext* context, Worker* worker) {
     co_await worker->watch.async_wait(kNoThrow);
     if (worker->shutting_down) break;
     const auto topology = context->monitor->Snapshot();
+    if (worker->context.backends.Idle() > 0) {
+      worker->context.backends.Sweep(std::chrono::steady_clock::now(),
+                                     worker->context.config->pool.idle_timeout, was_lost);
+    }
     if (topology->version == seen) continue;
     seen = topology->version;
     was_lost.resize(topology->nodes.size(), false);
@@ -81,6 +87,10 @@ awaitable<void> WatchTopology(ServerContext* context, Worker* worker) {
                             ? "was declared down by the health checks"
                             : "is fenced (it is not the primary of the current epoch)";
       for (ClientSession* s : worker->sessions) s->DropNode(static_cast<int>(i), why);
+    }
+    if (worker->context.backends.Idle() > 0) {
+      worker->context.backends.Sweep(std::chrono::steady_clock::now(),
+                                     worker->context.config->pool.idle_timeout, was_lost);
     }
   }
 }
@@ -243,6 +253,8 @@ int Server::Run() {
     for (int i = 0; i < n; ++i) {
       s.workers.push_back(std::make_unique<Worker>(config));
       s.workers.back()->context.metrics = &s.context.metrics->WorkerShard(i);
+      s.workers.back()->context.backends.SetMetrics(s.workers.back()->context.metrics,
+                                                    s.context.metrics);
     }
     s.running = true;
   }

@@ -10,6 +10,7 @@
 #include "proxy/pgrelay_settings.h"
 #include "proxy/protocol/frame_scanner.h"
 #include "proxy/protocol/messages.h"
+#include "proxy/watchdog.h"
 
 namespace pgrelay::proxy {
 
@@ -79,17 +80,57 @@ awaitable<void> ClientSession::Relay() {
     PGRELAY_LOG(kError, "session", "client " << peer_ << ": internal error: " << e.what());
   }
   ending_ = true;
-  // Say goodbye to the servers properly, then wait for every reader to finish.
+  co_await EndBackends();
+}
+
+bool ClientSession::Reusable(const Backend& b, const health::Topology& topology) const {
+  return !b.pool_key.empty() && b.alive && b.reader_running && b.dropped == nullptr &&
+         b.pending.empty() && b.status == 'I' && lost_in_transaction_.empty() &&
+         static_cast<size_t>(b.node) < topology.nodes.size() && !topology.nodes[b.node].Lost();
+}
+
+awaitable<void> ClientSession::EndBackends() {
+  // Say goodbye to the servers properly (or reset them for the next session), then wait for
+  // every reader to finish.
   std::string terminate;
   protocol::MessageWriter(&terminate).Begin('X').End();
+  std::string reset;
+  AppendQuery(&reset, "DISCARD ALL");
+  const bool pooling = config_->pool.mode == config::PoolMode::kSession;
+  std::shared_ptr<const health::Topology> topology = worker_.Topology(*ctx_.monitor);
+  bool resetting = false;
   for (auto& b : backends_) {
-    if (b && b->alive && b->conn->socket().is_open()) {
-      const asio::const_buffer bye(terminate.data(), terminate.size());
-      co_await b->conn->transport().Write(bye);
+    if (!b || !b->alive || !b->conn->socket().is_open()) continue;
+    if (pooling && Reusable(*b, *topology)) {
+      // Its reader swallows the reply and stops after it (ReadBackend), leaving the
+      // connection with no read under way and nothing buffered.
+      b->resetting = true;
+      resetting = true;
+      PushSwallowed(b.get());
+      const asio::const_buffer discard(reset.data(), reset.size());
+      auto [ec, n] = co_await b->conn->transport().Write(discard);
+      if (ec) b->conn->transport().Close();
+      continue;
     }
+    const asio::const_buffer bye(terminate.data(), terminate.size());
+    co_await b->conn->transport().Write(bye);
+  }
+  CloseAll(/*keep_resetting=*/true);
+  Watchdog watchdog(client_.get_executor());
+  if (resetting) {
+    // A node that does not answer DISCARD ALL in time is not worth keeping.
+    watchdog.Arm(config_->limits.connect_timeout, [this] { CloseAll(); });
+  }
+  while (readers_ > 0) co_await readers_done_.Wait();
+  watchdog.Disarm();
+  for (auto& b : backends_) {
+    if (!b || !b->resetting || !b->reset_ok || !b->conn->socket().is_open()) continue;
+    CountBackend(b.get(), false);
+    worker_.backends.Park(b->node, std::move(b->pool_key), std::move(b->conn),
+                          static_cast<size_t>(config_->pool.max_idle));
+    b.reset();
   }
   CloseAll();
-  while (readers_ > 0) co_await readers_done_.Wait();
 }
 
 awaitable<bool> ClientSession::ClientPump() {
@@ -601,12 +642,17 @@ awaitable<ClientSession::Backend*> ClientSession::OpenBackend(int node) {
   BackendLoginParams params = LoginParamsFor(status);
   auto b = std::make_unique<Backend>();
   b->node = node;
-  b->conn = std::make_unique<BackendConnection>(client_.get_executor(), &worker_.pool);
+  b->conn = FromPool(params, b.get());
+  bool ok = true;
+  if (b->conn == nullptr) {
+    b->conn = std::make_unique<BackendConnection>(client_.get_executor(), &worker_.pool);
+    BackendConnection* login = b->conn.get();
+    logins_.push_back(Login{node, login});
+    ok = co_await login->Login(params);
+    std::erase_if(logins_, [login](const Login& l) { return l.conn == login; });
+    logins_done_.Notify();
+  }
   BackendConnection* conn = b->conn.get();
-  logins_.push_back(Login{node, conn});
-  const bool ok = co_await conn->Login(params);
-  std::erase_if(logins_, [conn](const Login& l) { return l.conn == conn; });
-  logins_done_.Notify();
   if (ending_) co_return nullptr;  // CloseAll ended the login, or it finished too late
   if (!ok) {
     worker_.metrics->Inc(ctx_.metrics->backend_connect_failures.At(static_cast<size_t>(node)));
@@ -884,6 +930,11 @@ awaitable<void> ClientSession::RespondReady() {
 void ClientSession::OnGroupDone(Backend* b) {
   Group g = b->pending.front();
   b->pending.pop_front();
+  b->status = g.status_after;
+  if (b->resetting) {  // the DISCARD ALL of EndBackends
+    b->reset_ok = !g.error && g.status_after == 'I';
+    return;
+  }
   if (!g.forward) {
     if (g.error) {
       PGRELAY_LOG(kWarning, "session",
@@ -1004,6 +1055,12 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
     for (size_t i = 0; i < completed; ++i) OnGroupDone(b);
     if (corrupt) {
       OnBackendLost(b, "sent a malformed message");
+      co_return;
+    }
+    if (b->resetting && b->pending.empty()) {
+      // Reset for the pool (EndBackends): stop here, with no read under way. Anything after
+      // the reply would belong to nobody: such a connection is not kept.
+      b->reset_ok = b->reset_ok && in.Unconsumed().empty();
       co_return;
     }
     if (in.Unconsumed().empty()) in.ShrinkIfIdle();

@@ -9,6 +9,7 @@
 #include "config/config.h"
 #include "health/monitor.h"
 #include "proxy/admin/metrics.h"
+#include "proxy/backend_pool.h"
 #include "proxy/buffer_pool.h"
 #include "routing/classifier.h"
 #include "routing/router.h"
@@ -35,6 +36,7 @@ struct WorkerContext {
   }
 
   BufferPool pool;
+  BackendPool backends;  // server connections parked between sessions (pool.mode: session)
   routing::Classifier classifier;
   routing::Router router;
   std::vector<uint32_t> in_flight;  // statements outstanding per node slot (config::kMaxNodes)

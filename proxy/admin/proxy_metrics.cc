@@ -224,6 +224,14 @@ ProxyMetrics::ProxyMetrics(const config::Config& config, size_t workers, Topolog
   backend_connect_failures = r.AddCounter(
       "pgrelay_backend_connect_failures_total",
       "Failed attempts to open a session's connection to the node (connect or login).", {node});
+  pool_idle_connections = r.AddGauge(
+      "pgrelay_pool_idle_connections",
+      "Connections to the node parked in the pool (pool.mode: session), waiting for a session.",
+      {node});
+  pool_reused = r.AddCounter("pgrelay_pool_reused_total",
+                             "Sessions' connections to the node taken from the pool instead of "
+                             "a new login (pool.mode: session).",
+                             {node});
   statements = r.AddCounter(
       "pgrelay_statements_total",
       "Statements routed (a simple Query, or an extended-protocol batch up to Sync), by target "

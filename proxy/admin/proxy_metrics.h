@@ -67,6 +67,8 @@ using CoordinationSource = std::function<std::optional<health::Coordinator::Stat
 //   client read / write     client_bytes_received / client_bytes_sent += bytes
 //   backend login ok / lost backend_connections.At(node) +1 / -1; failed login:
 //                           backend_connect_failures.At(node)
+//   pool park / take / close pool_idle_connections.At(node) +1 / -1 / -1; a take that reuses
+//                           a parked connection: pool_reused.At(node)
 //   unit forwarded          statements.At(node, StatementClass, config::Strategy);
 //                           statement_duration.At(node) observed at its ReadyForQuery
 //   read sent to primary    reads_fallback_primary (no eligible replica)
@@ -107,6 +109,8 @@ class ProxyMetrics {
   CounterFamily client_bytes_sent;            // pgrelay_client_bytes_sent_total
   GaugeFamily backend_connections;            // pgrelay_backend_connections{node}
   CounterFamily backend_connect_failures;     // pgrelay_backend_connect_failures_total{node}
+  GaugeFamily pool_idle_connections;          // pgrelay_pool_idle_connections{node}
+  CounterFamily pool_reused;                  // pgrelay_pool_reused_total{node}
   // One per routed unit (simple Query, or extended-protocol batch up to Sync).
   CounterFamily statements;                   // pgrelay_statements_total{node,class,strategy}
   HistogramFamily statement_duration;         // pgrelay_statement_duration_seconds{node}

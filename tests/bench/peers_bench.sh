@@ -10,6 +10,8 @@
 #   pgrelay-leader    pgrelay, routing.strategy leader
 #   pgrelay-follower  pgrelay, routing.strategy follower
 #   pgrelay-read-your-writes, pgrelay-quorum  pgrelay under the consistency strategies
+#   pgrelay-leader-pool, pgrelay-follower-pool  leader / follower with pool.mode session (server
+#                     connections kept between client sessions, as PgBouncer does)
 # Workloads: pgbench -S (select-only) with each --modes protocol at each --clients count, and the
 # TPC-B-like default mix (first of --modes) at each --clients count.
 #
@@ -22,7 +24,7 @@
 #               baseline), pgbouncer and pgrelay unless --targets says otherwise
 #   --quick     smoke run: -T 2, 1 round, 8 clients, simple protocol (later options override)
 #   --no-build  use build/release/proxy/pgrelay as it is (same as PGRELAY_BENCH_NO_BUILD=1)
-#   --targets   a subset of the targets above, in that order (default: all eight)
+#   --targets   a subset of the targets above, in that order (default: all ten)
 #   --out FILE  where the Markdown report goes (default: $work/peers.md, removed with the work
 #               directory at exit); it is printed at the end either way
 #   --keep      keep the work directory (configs, proxy logs) at exit
@@ -59,7 +61,7 @@ export PATH=$PATH:/usr/sbin:/sbin
 
 seconds=10 rounds=2 clients_list="1 8 64" modes="simple extended prepared" out="" keep=0 tls=0
 settle=1 relay_extra=() syscalls=0
-all_targets="direct pgbouncer haproxy pgpool pgrelay-leader pgrelay-follower pgrelay-read-your-writes pgrelay-quorum"
+all_targets="direct pgbouncer haproxy pgpool pgrelay-leader pgrelay-leader-pool pgrelay-follower pgrelay-follower-pool pgrelay-read-your-writes pgrelay-quorum"
 target_list=$all_targets
 targets_given=0
 while [ $# -gt 0 ]; do
@@ -441,10 +443,15 @@ say "targets: ${targets[*]}"
 want pgbouncer && start_pgbouncer
 want haproxy && start_haproxy
 want pgpool && start_pgpool
-for s in leader follower read-your-writes quorum; do
-  want "pgrelay-$s" || continue
-  start_relay "$s" "${relay_tls[@]}" "${relay_extra[@]}"; port_of[pgrelay-$s]=$relay_port; pid_of[pgrelay-$s]=${pids[-1]}
-  wait_port "$relay_port" 20 "pgrelay-$s"
+for t in pgrelay-leader pgrelay-leader-pool pgrelay-follower pgrelay-follower-pool \
+         pgrelay-read-your-writes pgrelay-quorum; do
+  want "$t" || continue
+  s=${t#pgrelay-}; s=${s%-pool}
+  pool=()
+  [[ $t == *-pool ]] && pool=("pool: {mode: session}")
+  start_relay "$s" "${relay_tls[@]}" "${relay_extra[@]}" "${pool[@]}"
+  port_of[$t]=$relay_port; pid_of[$t]=${pids[-1]}
+  wait_port "$relay_port" 20 "$t"
 done
 printf 'SELECT 1;\n\\sleep 500 ms\n' >"$work/warmup.sql"
 
@@ -597,7 +604,7 @@ avg() {  # key sum-array-name -> average over successful rounds (empty if none)
        "(logins excluded), per 1000 transactions"
   echo "- pgbouncer: session pooling; haproxy: mode tcp, nbthread 2; pgpool: streaming replication," \
        "load balancing over 3 nodes, num_init_children $pgpool_children, max_pool 1; pgrelay: ${relay_extra[*]:-default workers (0: half the cores, every node being on this machine)}${relay_routing:+, routing: $relay_routing};" \
-       "direct, pgbouncer, haproxy and pgrelay-leader run everything on the primary"
+       "direct, pgbouncer, haproxy and pgrelay-leader(-pool) run everything on the primary"
   [ -z "$pgpool_nodes" ] || echo "- pgpool's nodes at the end (show pool_nodes): $pgpool_nodes"
   echo
   echo "| workload | target | TPS | ratio to direct | ratio to best of PgBouncer/HAProxy | avg ms | p50 ms | p99 ms | proxy CPU s / 1000 tx |"

@@ -706,6 +706,30 @@ TEST(ConfigRoutingTest, RoutingDefaultsAndErrors) {
   EXPECT_EQ(bad.errors[4].key, "routing.lazy_connect");
 }
 
+TEST(ConfigPoolTest, ReadPool) {
+  auto ok = LoadConfigString("nodes: [{name: a, host: h}]\nusers: [{name: u, password: p}]\n");
+  ASSERT_TRUE(ok.errors.empty());
+  EXPECT_EQ(ok.config->pool.mode, PoolMode::kOff);
+  EXPECT_EQ(ok.config->pool.idle_timeout, std::chrono::milliseconds(60000));
+  EXPECT_EQ(ok.config->pool.max_idle, 50);
+  auto r = LoadConfigString(
+      "nodes: [{name: a, host: h}]\nusers: [{name: u, password: p}]\n"
+      "pool: {mode: session, idle_timeout: 2min, max_idle: 7}\n");
+  ASSERT_TRUE(r.errors.empty()) << r.errors[0].ToString();
+  EXPECT_EQ(r.config->pool.mode, PoolMode::kSession);
+  EXPECT_EQ(r.config->pool.idle_timeout, std::chrono::milliseconds(120000));
+  EXPECT_EQ(r.config->pool.max_idle, 7);
+  auto bad = LoadConfigString(
+      "nodes: [{name: a, host: h}]\nusers: [{name: u, password: p}]\n"
+      "pool: {mode: transaction, idle_timeout: 0, max_idle: 0, size: 3}\n");
+  ASSERT_EQ(bad.errors.size(), 4u);
+  EXPECT_EQ(bad.errors[0].key, "pool.mode");
+  EXPECT_NE(bad.errors[0].message.find("off, session"), std::string::npos) << bad.errors[0].message;
+  EXPECT_EQ(bad.errors[1].key, "pool.idle_timeout");
+  EXPECT_EQ(bad.errors[2].key, "pool.max_idle");
+  EXPECT_EQ(bad.errors[3].key, "pool.size");
+}
+
 TEST(ConfigRoutingTest, ClassifierKeys) {
   const Config c = MustLoad(std::string(kBase) + R"(routing:
   strategy: follower

@@ -1,0 +1,318 @@
+"""Server connections kept between client sessions (pool.mode: session), against the real
+1 primary + 2 replica cluster.
+
+Which server connection a session got is read from PostgreSQL itself: pg_backend_pid(), and
+pg_stat_activity on each node. Covered:
+
+- off by default: a session's connections close with it;
+- the next session with the same user, database and start-up parameters reuses a parked
+  connection (same backend pid), on the primary and on the replicas; others get their own;
+- what the first session left behind is gone for the next (settings, prepared statements,
+  temporary tables, LISTEN, advisory locks, WITH HOLD cursors): DISCARD ALL ran;
+- a connection whose client left inside a transaction, or in the middle of a statement, is not
+  kept, and the transaction is rolled back;
+- a parked connection the server ended (pg_terminate_backend) is not handed out;
+- pool.idle_timeout and pool.max_idle close parked connections;
+- pgbench connecting per transaction (-C) through the pool;
+- the metrics, and a clean shutdown with connections parked.
+
+Every pgrelay here runs one worker: parked connections belong to a worker, and with one every
+session sees them.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+import uuid
+
+import psycopg
+import pytest
+
+from conftest import DIRECT, RawConn, query_message, wait_until
+from replication import app_primary, node_connect
+
+pytestmark = pytest.mark.skipif(DIRECT, reason="tests pgrelay's pool (PGRELAY_TEST_DIRECT=1)")
+
+HEALTH = {"interval": "500ms"}
+POOL = {"workers": 1, "health": HEALTH, "pool": {"mode": "session"}}
+
+
+def unique(prefix: str = "pool") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def backend_pid(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+
+def alive(cluster, port: int, pid: int) -> bool:
+    with node_connect(cluster, port) as direct:
+        return direct.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                              (pid,)).fetchone()[0] == 1
+
+
+def pids_by_app(cluster, port: int, app_name: str) -> set[int]:
+    with node_connect(cluster, port) as direct:
+        rows = direct.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+                              " AND backend_type = 'client backend'", (app_name,)).fetchall()
+    return {r[0] for r in rows}
+
+
+def metric(relay, name: str, node: str) -> float:
+    """The value of `name`{node="..."} on pgrelay's /metrics (0 if absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{relay.admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    pattern = re.compile(r'^' + re.escape(name) + r'\{[^}]*node="' + re.escape(node) + r'"[^}]*\} (\S+)$',
+                         re.M)
+    return sum(float(v) for v in pattern.findall(text))
+
+
+def leave(relay, conn: psycopg.Connection, node: str = "pg1") -> None:
+    """Closes `conn` and waits until pgrelay has reset and parked its connection (a session
+    that connects before that gets a new one)."""
+    before = metric(relay, "pgrelay_pool_idle_connections", node)
+    conn.close()
+    wait_until(lambda: metric(relay, "pgrelay_pool_idle_connections", node) > before, timeout=10,
+               what="the connection to be parked")
+
+
+@pytest.fixture(scope="module")
+def pooled(module_pgrelay):
+    return module_pgrelay(POOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reuse
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pool_off_by_default_closes_connections(make_pgrelay, cluster):
+    relay = make_pgrelay({"workers": 1, "health": HEALTH})
+    app_name = unique()
+    with relay.connect(autocommit=True, application_name=app_name) as conn:
+        first = backend_pid(conn)
+    wait_until(lambda: not alive(cluster, cluster.primary_port, first), timeout=10,
+               what="the session's connection to close with it")
+    with relay.connect(autocommit=True, application_name=app_name) as conn:
+        assert backend_pid(conn) != first
+
+
+def test_next_session_reuses_the_parked_connection(pooled, cluster):
+    app_name = unique()
+    reused_before = metric(pooled, "pgrelay_pool_reused_total", "pg1")
+    conn = pooled.connect(autocommit=True, application_name=app_name)
+    first = backend_pid(conn)
+    leave(pooled, conn)
+    # Parked: still open on the primary.
+    assert alive(cluster, cluster.primary_port, first)
+    for _ in range(3):
+        conn = pooled.connect(autocommit=True, application_name=app_name)
+        assert backend_pid(conn) == first
+        assert conn.execute("SELECT 41 + 1").fetchone() == (42,)
+        leave(pooled, conn)
+    assert metric(pooled, "pgrelay_pool_reused_total", "pg1") >= reused_before + 3
+
+
+def test_different_start_up_parameters_get_their_own_connection(pooled, cluster):
+    a, b = unique("a"), unique("b")
+    conn = pooled.connect(autocommit=True, application_name=a)
+    pid_a = backend_pid(conn)
+    leave(pooled, conn)
+    conn = pooled.connect(autocommit=True, application_name=b)
+    pid_b = backend_pid(conn)
+    # The server still reports the session's own application_name.
+    assert conn.execute("SHOW application_name").fetchone() == (b,)
+    leave(pooled, conn)
+    assert pid_a != pid_b
+    conn = pooled.connect(autocommit=True, application_name=a)
+    assert backend_pid(conn) == pid_a
+    assert conn.execute("SHOW application_name").fetchone() == (a,)
+    leave(pooled, conn)
+    # Another database is another key too.
+    with pooled.connect(autocommit=True, application_name=a, dbname="postgres") as conn:
+        assert backend_pid(conn) not in (pid_a, pid_b)
+        assert conn.execute("SELECT current_database()").fetchone() == ("postgres",)
+
+
+def test_reused_connection_keeps_nothing_of_the_last_session(pooled, cluster):
+    app_name = unique()
+    table = unique("tmp")
+    channel = unique("ch")
+    lock_key = 424242
+    conn = pooled.connect(autocommit=True, application_name=app_name)
+    first = backend_pid(conn)
+    conn.execute("SET work_mem = '7MB'")
+    conn.execute("SET search_path = pg_catalog")
+    conn.execute("PREPARE leftover AS SELECT 1")
+    conn.execute(f"CREATE TEMP TABLE {table} (x int)")
+    conn.execute(f"LISTEN {channel}")
+    conn.execute("SELECT pg_advisory_lock(%s)", (lock_key,))
+    with conn.transaction():
+        conn.execute("DECLARE held CURSOR WITH HOLD FOR SELECT 1")
+    assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (1,)
+    leave(pooled, conn)
+    with pooled.connect(autocommit=True, application_name=app_name) as conn:
+        assert backend_pid(conn) == first, "the parked connection should be reused"
+        assert conn.execute("SHOW work_mem").fetchone() == ("4MB",)
+        assert conn.execute("SHOW search_path").fetchone() == ('"$user", public',)
+        assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+        assert conn.execute("SELECT to_regclass(%s)", (f"pg_temp.{table}",)).fetchone() == (None,)
+        assert conn.execute("SELECT count(*) FROM pg_listening_channels()").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pg_cursors").fetchone() == (0,)
+        # The same names can be used again.
+        conn.execute("PREPARE leftover AS SELECT 2")
+        assert conn.execute("EXECUTE leftover").fetchone() == (2,)
+    # The advisory lock was released: another session can take it at once.
+    with app_primary(cluster) as other:
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", (lock_key,)).fetchone() == (True,)
+        other.execute("SELECT pg_advisory_unlock(%s)", (lock_key,))
+
+
+def test_client_leaving_inside_a_transaction_is_not_pooled(pooled, cluster):
+    app_name = unique()
+    table = unique("t")
+    with app_primary(cluster) as admin:
+        admin.execute(f"CREATE TABLE {table} (x int)")
+    try:
+        conn = pooled.connect(application_name=app_name)  # not autocommit: BEGIN is implicit
+        pid = backend_pid(conn)
+        conn.execute(f"INSERT INTO {table} VALUES (1)")
+        conn.close()  # without COMMIT
+        wait_until(lambda: not alive(cluster, cluster.primary_port, pid), timeout=10,
+                   what="the connection left inside a transaction to be closed, not parked")
+        with pooled.connect(autocommit=True, application_name=app_name) as conn:
+            assert backend_pid(conn) != pid
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+    finally:
+        with app_primary(cluster) as admin:
+            admin.execute(f"DROP TABLE {table}")
+
+
+def test_client_leaving_during_a_statement_is_not_pooled(pooled, cluster):
+    app_name = unique()
+    conn = RawConn(pooled.host, pooled.port)
+    conn.login(cluster.app_user, cluster.app_password, cluster.database,
+               application_name=app_name)
+    conn.send(query_message("SELECT pg_sleep(2)"))
+    pids = wait_until(lambda: pids_by_app(cluster, cluster.primary_port, app_name), timeout=10,
+                      what="the statement to start")
+    conn.close()
+    # The busy connection is not handed to the next session...
+    with pooled.connect(autocommit=True, application_name=app_name) as c:
+        assert backend_pid(c) not in pids
+    # ...and closes once its statement ends (PostgreSQL notices the closed socket only then).
+    wait_until(lambda: not (pids_by_app(cluster, cluster.primary_port, app_name) & pids),
+               timeout=15, what="the busy connection to be closed, not parked")
+
+
+def test_parked_connection_ended_by_the_server_is_not_handed_out(pooled, cluster):
+    app_name = unique()
+    conn = pooled.connect(autocommit=True, application_name=app_name)
+    first = backend_pid(conn)
+    leave(pooled, conn)
+    with node_connect(cluster, cluster.primary_port) as direct:
+        assert direct.execute("SELECT pg_terminate_backend(%s)", (first,)).fetchone() == (True,)
+    wait_until(lambda: not alive(cluster, cluster.primary_port, first), timeout=10,
+               what="the backend to exit")
+    with pooled.connect(autocommit=True, application_name=app_name) as conn:
+        assert backend_pid(conn) != first
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    pooled.assert_healthy()
+
+
+def test_replica_connections_are_reused_too(make_pgrelay, cluster):
+    relay = make_pgrelay({**POOL, "routing": {"strategy": "follower"}})
+    app_name = unique()
+    r1, r2 = cluster.replica_ports
+    ports = (cluster.primary_port, r1, r2)
+
+    def pids():
+        return {p: pids_by_app(cluster, p, app_name) for p in ports}
+
+    def idle():
+        return [metric(relay, "pgrelay_pool_idle_connections", n) for n in ("pg1", "pg2", "pg3")]
+
+    conn = relay.connect(autocommit=True, application_name=app_name)
+    # Right after login the session connects to each replica in the background.
+    wait_until(lambda: all(len(v) == 1 for v in pids().values()), timeout=10,
+               what="one connection per node")
+    before = pids()
+    assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+    conn.close()
+    wait_until(lambda: idle() == [1, 1, 1], timeout=10,
+               what="the session's three connections to be parked")
+    for _ in range(2):
+        with relay.connect(autocommit=True, application_name=app_name) as conn:
+            # Its primary connection and its background replica logins took the parked ones.
+            wait_until(lambda: idle() == [0, 0, 0], timeout=10,
+                       what="the parked connections to be taken")
+            assert pids() == before
+            replica_pids = {backend_pid(conn) for _ in range(4)}
+            assert replica_pids == before[r1] | before[r2]
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+        wait_until(lambda: idle() == [1, 1, 1], timeout=10,
+                   what="the session's three connections to be parked again")
+    assert metric(relay, "pgrelay_pool_reused_total", "pg2") == 2
+    assert metric(relay, "pgrelay_pool_reused_total", "pg3") == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits
+# ---------------------------------------------------------------------------------------------
+
+
+def test_idle_timeout_closes_parked_connections(make_pgrelay, cluster):
+    relay = make_pgrelay({**POOL, "pool": {"mode": "session", "idle_timeout": "1s"}})
+    app_name = unique()
+    with relay.connect(autocommit=True, application_name=app_name) as conn:
+        first = backend_pid(conn)
+    assert alive(cluster, cluster.primary_port, first)
+    wait_until(lambda: not alive(cluster, cluster.primary_port, first), timeout=10,
+               what="pool.idle_timeout to close the parked connection")
+    assert metric(relay, "pgrelay_pool_idle_connections", "pg1") == 0
+    with relay.connect(autocommit=True, application_name=app_name) as conn:
+        assert backend_pid(conn) != first
+
+
+def test_max_idle_bounds_parked_connections(make_pgrelay, cluster):
+    relay = make_pgrelay({**POOL, "pool": {"mode": "session", "max_idle": 2}})
+    app_name = unique()
+    conns = [relay.connect(autocommit=True, application_name=app_name) for _ in range(4)]
+    pids = {backend_pid(c) for c in conns}
+    assert len(pids) == 4
+    for c in conns:
+        c.close()
+    wait_until(lambda: len(pids_by_app(cluster, cluster.primary_port, app_name)) == 2, timeout=10,
+               what="two connections parked, the others closed")
+    assert pids_by_app(cluster, cluster.primary_port, app_name) <= pids
+    assert metric(relay, "pgrelay_pool_idle_connections", "pg1") == 2
+
+
+def test_pgbench_connecting_per_transaction(make_pgrelay, cluster, tmp_path):
+    relay = make_pgrelay(POOL)
+    script = tmp_path / "select.sql"
+    script.write_text("SELECT pg_backend_pid();\n")
+    out = relay.run_client("pgbench", "-n", "-C", "-c", "4", "-t", "50", "-f", str(script),
+                           timeout=120)
+    assert out.returncode == 0, f"pgbench failed:\n{out.stdout}\n{out.stderr}"
+    assert "number of transactions actually processed: 200/200" in out.stdout, out.stdout
+    # 200 sessions, at most 4 at a time: nearly all took a parked connection (a reconnect
+    # that beats the DISCARD ALL of the connection its client just left logs in anew; client
+    # authentication takes far longer, so that is rare).
+    assert metric(relay, "pgrelay_pool_reused_total", "pg1") >= 150
+    with node_connect(cluster, cluster.primary_port) as direct:
+        parked = direct.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name"
+                                " = 'pgbench' AND backend_type = 'client backend'").fetchone()[0]
+    assert 1 <= parked <= 4
+
+
+def test_shutdown_with_parked_connections(make_pgrelay, cluster):
+    relay = make_pgrelay(POOL)
+    app_name = unique()
+    with relay.connect(autocommit=True, application_name=app_name) as conn:
+        first = backend_pid(conn)
+    assert alive(cluster, cluster.primary_port, first)
+    relay.stop()  # must exit 0 within its time limit, LeakSanitizer clean
+    wait_until(lambda: not alive(cluster, cluster.primary_port, first), timeout=10,
+               what="parked connections to close at shutdown")

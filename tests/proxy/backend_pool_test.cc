@@ -1,0 +1,169 @@
+// BackendPool with real loopback TCP connections in the process standing in for a node: what
+// it hands out (only quiet, open connections with the same key, newest first), what it closes
+// (over max_idle, idle too long, node lost, shut down), and that closing says Terminate first.
+#include "proxy/backend_pool.h"
+
+#include <gtest/gtest.h>
+
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace pgrelay::proxy {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+class BackendPoolTest : public ::testing::Test {
+ protected:
+  BackendPoolTest() : acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {}
+
+  // A connection from "pgrelay" to the fake node; the node's end goes to node_ends_.
+  std::unique_ptr<BackendConnection> Connect() {
+    auto conn = std::make_unique<BackendConnection>(io_.get_executor(), &buffers_);
+    conn->socket().connect(acceptor_.local_endpoint());
+    node_ends_.emplace_back(io_);
+    acceptor_.accept(node_ends_.back());
+    return conn;
+  }
+
+  // Runs the detached Terminate-and-close steps the pool started.
+  void Drain() {
+    io_.restart();
+    io_.run_for(milliseconds(200));
+  }
+
+  // What the node end received until the connection closed (`reset`: a close with unread
+  // data, which the kernel turns into a reset, also counts).
+  std::string ReadToEof(tcp::socket& s, bool reset = false) {
+    std::string data(64, '\0');
+    error_code ec;
+    const size_t n = asio::read(s, asio::buffer(data), ec);
+    if (reset && ec == asio::error::connection_reset) ec = asio::error::eof;
+    EXPECT_EQ(ec, asio::error::eof);
+    data.resize(n);
+    return data;
+  }
+
+  static BackendLoginParams Params() {
+    BackendLoginParams p;
+    p.node_name = "pg1";
+    p.host = "127.0.0.1";
+    p.port = 5432;
+    p.user = "app";
+    p.database = "db";
+    p.options = {{"application_name", "x"}};
+    return p;
+  }
+
+  asio::io_context io_;
+  tcp::acceptor acceptor_;
+  BufferPool buffers_;
+  std::vector<tcp::socket> node_ends_;
+  BackendPool pool_;
+};
+
+TEST_F(BackendPoolTest, KeySeparatesEveryLoginDetail) {
+  const std::string base = BackendPool::KeyOf(Params());
+  EXPECT_EQ(base, BackendPool::KeyOf(Params()));
+  std::vector<BackendLoginParams> others(6, Params());
+  others[0].host = "127.0.0.2";
+  others[1].port = 5433;
+  others[2].user = "other";
+  others[3].database = "db2";
+  others[4].options = {{"application_name", "y"}};
+  others[5].tls = std::make_shared<const BackendTls>();
+  for (const auto& p : others) EXPECT_NE(base, BackendPool::KeyOf(p));
+  // Fields are delimited: "ab" + "c" is not "a" + "bc".
+  BackendLoginParams a = Params(), b = Params();
+  a.user = "ab";
+  a.database = "c";
+  b.user = "a";
+  b.database = "bc";
+  EXPECT_NE(BackendPool::KeyOf(a), BackendPool::KeyOf(b));
+}
+
+TEST_F(BackendPoolTest, TakesTheNewestQuietConnectionWithTheSameKey) {
+  auto first = Connect();
+  auto second = Connect();
+  BackendConnection* second_raw = second.get();
+  BackendConnection* first_raw = first.get();
+  ASSERT_TRUE(pool_.Park(0, "k", std::move(first), 10));
+  ASSERT_TRUE(pool_.Park(0, "k", std::move(second), 10));
+  EXPECT_EQ(pool_.Idle(0), 2u);
+  EXPECT_EQ(pool_.Take(0, "other"), nullptr);
+  EXPECT_EQ(pool_.Take(1, "k"), nullptr);
+  auto got = pool_.Take(0, "k");
+  EXPECT_EQ(got.get(), second_raw);
+  got = pool_.Take(0, "k");
+  EXPECT_EQ(got.get(), first_raw);
+  EXPECT_EQ(pool_.Take(0, "k"), nullptr);
+  EXPECT_EQ(pool_.Idle(), 0u);
+}
+
+TEST_F(BackendPoolTest, SkipsConnectionsTheNodeClosedOrWroteTo) {
+  auto closed = Connect();
+  auto spoke = Connect();
+  auto quiet = Connect();
+  BackendConnection* quiet_raw = quiet.get();
+  ASSERT_TRUE(pool_.Park(0, "k", std::move(quiet), 10));
+  ASSERT_TRUE(pool_.Park(0, "k", std::move(closed), 10));
+  ASSERT_TRUE(pool_.Park(0, "k", std::move(spoke), 10));
+  node_ends_[0].close();  // the server ended it
+  // pg_terminate_backend: FATAL ErrorResponse, then (later) the close.
+  asio::write(node_ends_[1], asio::buffer(std::string("E\0\0\0\x04", 5)));
+  const auto deadline = std::chrono::steady_clock::now() + seconds(2);
+  std::unique_ptr<BackendConnection> got;
+  while (std::chrono::steady_clock::now() < deadline) {  // loopback delivers at once; be safe
+    got = pool_.Take(0, "k");
+    if (got.get() == quiet_raw) break;
+  }
+  EXPECT_EQ(got.get(), quiet_raw);
+  EXPECT_EQ(pool_.Idle(0), 0u);
+  Drain();
+  // The one that spoke was closed by the pool (with its unread bytes: a reset).
+  ReadToEof(node_ends_[1], /*reset=*/true);
+}
+
+TEST_F(BackendPoolTest, MaxIdleBoundsWhatIsKept) {
+  ASSERT_TRUE(pool_.Park(2, "k", Connect(), 2));
+  ASSERT_TRUE(pool_.Park(2, "k2", Connect(), 2));
+  EXPECT_FALSE(pool_.Park(2, "k", Connect(), 2));
+  EXPECT_EQ(pool_.Idle(2), 2u);
+  Drain();
+  EXPECT_EQ(ReadToEof(node_ends_[2]), std::string("X\0\0\0\x04", 5));
+}
+
+TEST_F(BackendPoolTest, SweepClosesIdleTooLongAndLostNodes) {
+  ASSERT_TRUE(pool_.Park(0, "k", Connect(), 10));
+  ASSERT_TRUE(pool_.Park(1, "k", Connect(), 10));
+  const auto now = std::chrono::steady_clock::now();
+  pool_.Sweep(now, seconds(60), {false, false});
+  EXPECT_EQ(pool_.Idle(), 2u);
+  pool_.Sweep(now, seconds(60), {false, true});  // node 1 lost
+  EXPECT_EQ(pool_.Idle(0), 1u);
+  EXPECT_EQ(pool_.Idle(1), 0u);
+  pool_.Sweep(now + seconds(61), seconds(60), {});
+  EXPECT_EQ(pool_.Idle(), 0u);
+  Drain();
+  EXPECT_EQ(ReadToEof(node_ends_[0]), std::string("X\0\0\0\x04", 5));
+  EXPECT_EQ(ReadToEof(node_ends_[1]), std::string("X\0\0\0\x04", 5));
+}
+
+TEST_F(BackendPoolTest, ShutClosesEverythingAndRefusesMore) {
+  ASSERT_TRUE(pool_.Park(0, "k", Connect(), 10));
+  pool_.Shut();
+  EXPECT_EQ(pool_.Idle(), 0u);
+  EXPECT_FALSE(pool_.Park(0, "k", Connect(), 10));
+  EXPECT_EQ(pool_.Idle(), 0u);
+  Drain();
+  EXPECT_EQ(ReadToEof(node_ends_[0]), std::string("X\0\0\0\x04", 5));
+  EXPECT_EQ(ReadToEof(node_ends_[1]), std::string("X\0\0\0\x04", 5));
+}
+
+}  // namespace
+}  // namespace pgrelay::proxy
