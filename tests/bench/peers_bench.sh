@@ -18,7 +18,7 @@
 #   tests/bench/peers_bench.sh [--seconds 10] [--rounds 2] [--clients "1 8 64"]
 #       [--modes "simple extended prepared"] [--targets "direct pgbouncer ..."] [--quick]
 #       [--no-build] [--out FILE] [--keep] [--tls] [--settle SECONDS] [--relay-yaml LINE]...
-#       [--syscalls] [--relay-routing "KEY: VALUE, ..."]
+#       [--syscalls] [--relay-routing "KEY: VALUE, ..."] [--connect]
 #
 #   --tls       clients use TLS (sslmode=require) to the proxies; targets direct (plain, the
 #               baseline), pgbouncer and pgrelay unless --targets says otherwise
@@ -31,6 +31,8 @@
 #   --relay-yaml LINE  appended to every pgrelay's config (repeatable), e.g. "workers: 1"
 #   --relay-routing "KEY: VALUE, ..."  added to every pgrelay's routing map, e.g.
 #               "replica_affinity: session"
+#   --connect   every transaction on a new connection (pgbench -C): what short-lived clients
+#               (PHP, serverless, scripts) cost; TPS then includes the logins
 #   --syscalls  also count each proxy's system calls and context switches per transaction
 #               (perf stat on its process tree for the whole pgbench run, logins included; a
 #               second table). Needs perf (Debian linux-perf) and root.
@@ -60,7 +62,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 export PATH=$PATH:/usr/sbin:/sbin
 
 seconds=10 rounds=2 clients_list="1 8 64" modes="simple extended prepared" out="" keep=0 tls=0
-settle=1 relay_extra=() syscalls=0
+settle=1 relay_extra=() syscalls=0 connect=0
 all_targets="direct pgbouncer haproxy pgpool pgrelay-leader pgrelay-leader-pool pgrelay-follower pgrelay-follower-pool pgrelay-read-your-writes pgrelay-quorum"
 target_list=$all_targets
 targets_given=0
@@ -76,6 +78,7 @@ while [ $# -gt 0 ]; do
     --settle) settle=$2; shift 2 ;;
     --relay-yaml) relay_extra+=("$2"); shift 2 ;;
     --syscalls) syscalls=1; shift ;;
+    --connect) connect=1; shift ;;
     --relay-routing) relay_routing=$2; shift 2 ;;
     --quick) seconds=2 rounds=1 clients_list=8 modes=simple; shift ;;
     --no-build) export PGRELAY_BENCH_NO_BUILD=1; shift ;;
@@ -486,6 +489,7 @@ run_one() {  # workload target round
   local target=$2 key="$1|$2" dir=$work/run-$RANDOM$RANDOM port=${port_of[$2]} j=2 args=()
   [ "$c" -ge 2 ] || j=1
   [ "$kind" = select-only ] && args+=(-S)
+  [ "$connect" = 1 ] && args+=(-C)
   local sslmode=disable  # PGSSLMODE for the pgbench runs only
   [ "$tls" = 1 ] && [ "$target" != direct ] && sslmode=require
   if [ "$kind" = tpcb ]; then  # what pgbench's own vacuum step does, directly on the primary
@@ -598,6 +602,7 @@ avg() {  # key sum-array-name -> average over successful rounds (empty if none)
        "loopback), pgbench scale 10, $(version_line pgbench --version)"
   echo "- $(version_line pgbouncer --version); $(version_line haproxy -v | awk '{print $1, $2, $3}');" \
        "$(version_line pgpool --version); $(version_line "$bin" --version) (release build)"
+  [ "$connect" = 0 ] || echo "- --connect: pgbench -C, a new connection for every transaction (TPS includes the logins)"
   echo "- $seconds s per run, $rounds round(s), targets interleaved; pgbench -j 2 (-j 1 for 1 client);" \
        "p50/p99 per round from pgbench -l, averaged; proxy CPU = utime+stime of the proxy's process" \
        "tree (pgpool: all its processes) from the first transaction's start to the last one's end" \
