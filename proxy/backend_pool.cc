@@ -47,9 +47,9 @@ std::string BackendPool::KeyOf(const BackendLoginParams& p) {
     add(name);
     add(value);
   }
-  // A reload that changes backend.tls makes a new settings object: old connections no longer
-  // match and age out.
-  add(std::to_string(reinterpret_cast<uintptr_t>(p.tls.get())));
+  // Every reload makes new backend TLS settings (files are read again): connections made
+  // under older ones no longer match and age out.
+  add(p.tls == nullptr ? std::string("plain") : std::to_string(p.tls->generation));
   return key;
 }
 

@@ -27,7 +27,8 @@ class BackendPool {
   BackendPool& operator=(const BackendPool&) = delete;
 
   // What makes two logins interchangeable: the node's address, the user, the database, every
-  // other start-up parameter in order, and the backend TLS settings in force.
+  // other start-up parameter in order, and the backend TLS settings in force. (ClientSession
+  // adds the node's role: see FromPool.)
   static std::string KeyOf(const BackendLoginParams& params);
 
   // pgrelay_pool_idle_connections{node} and pgrelay_pool_reused_total{node}; optional.

@@ -77,9 +77,14 @@ void ClientSession::CloseAll(bool keep_resetting) {
 }
 
 std::unique_ptr<BackendConnection> ClientSession::FromPool(const BackendLoginParams& params,
+                                                           const health::NodeStatus& node,
                                                            Backend* b) {
   if (config_->pool.mode != config::PoolMode::kSession) return nullptr;
+  // The node's role at login is in the key: the client sees the ParameterStatus values the
+  // connection reported at its login (in_hot_standby among them), so a connection made while
+  // the node was a replica never serves as a primary's after a promotion, nor the reverse.
   b->pool_key = BackendPool::KeyOf(params);
+  b->pool_key.append(health::ToString(node.role));
   return worker_.backends.Take(b->node, b->pool_key);
 }
 
@@ -480,7 +485,7 @@ awaitable<bool> ClientSession::ConnectFirstBackend() {
     b = std::make_unique<Backend>();
     b->node = candidate;
     const BackendLoginParams params = LoginParamsFor(*node);
-    b->conn = FromPool(params, b.get());
+    b->conn = FromPool(params, *node, b.get());
     if (b->conn != nullptr) {
       CountBackend(b.get(), true);
       break;

@@ -74,6 +74,7 @@ class ClientSession {
     std::string pool_key;
     bool resetting = false;
     bool reset_ok = false;
+    bool loaded = false;  // a LOAD ran here: DISCARD ALL cannot undo it, so it is not pooled
   };
   // Extended-protocol messages since the last Sync, held until the batch can be routed whole.
   struct Batch {
@@ -128,7 +129,8 @@ class ClientSession {
   void CloseAll(bool keep_resetting = false);
   // pool.mode session: a connection to `node` parked by an earlier session, for `b` (which gets
   // the pool key); nullptr if none (then log in; `b` parks under that key at the end).
-  std::unique_ptr<BackendConnection> FromPool(const BackendLoginParams& params, Backend* b);
+  std::unique_ptr<BackendConnection> FromPool(const BackendLoginParams& params,
+                                              const health::NodeStatus& node, Backend* b);
   // At session end: whether `b` may go to the pool (idle, nothing owed, node healthy).
   bool Reusable(const Backend& b, const health::Topology& topology) const;
   // At session end: resets the reusable connections with DISCARD ALL and parks them, says

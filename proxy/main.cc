@@ -197,6 +197,7 @@ int main(int argc, char** argv) {
   admin_sources.metrics = &metrics.registry();
   admin_sources.client_connections = [&metrics] { return metrics.ClientConnections(); };
   admin_sources.backend_connections = [&metrics] { return metrics.BackendConnections(); };
+  admin_sources.pool_idle_connections = [&metrics] { return metrics.PoolIdleConnections(); };
   pgrelay::proxy::PauseGate pause;
   std::unique_ptr<pgrelay::proxy::ReloadController> reload;
   admin_sources.on_action = [&pause, &monitor, &reload, &coordinator](std::string_view action,

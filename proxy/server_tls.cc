@@ -6,6 +6,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <atomic>
+
 namespace pgrelay::proxy {
 
 namespace {
@@ -78,8 +80,10 @@ std::shared_ptr<const ServerTls> MakeServerTls(const config::TlsConfig& tls, std
 std::shared_ptr<const BackendTls> MakeBackendTls(const config::BackendTlsConfig& tls,
                                                  std::string* error) {
   if (tls.mode == config::BackendTlsMode::kDisable) return nullptr;
+  static std::atomic<uint64_t> generations{0};
   auto out = std::make_shared<BackendTls>();
   out->mode = tls.mode;
+  out->generation = generations.fetch_add(1, std::memory_order_relaxed) + 1;
   SSL_CTX* ctx = out->context.native_handle();
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <boost/asio/ssl/context.hpp>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -36,6 +37,7 @@ std::shared_ptr<const ServerTls> MakeServerTls(const config::TlsConfig& tls, std
 struct BackendTls {
   boost::asio::ssl::context context{boost::asio::ssl::context::tls_client};
   config::BackendTlsMode mode = config::BackendTlsMode::kPrefer;
+  uint64_t generation = 0;  // distinct for every MakeBackendTls result (BackendPool keys)
 };
 
 // nullptr with *error set if the files cannot be used; nullptr without an error for disable.

@@ -14,8 +14,7 @@ bool ClientSession::HasEffects(const routing::Classification& c) {
          c.txn == routing::TxnKind::kSetSessionCharacteristics;
 }
 
-void ClientSession::StatementsUsed(const routing::Classification& c,
-                                   std::vector<std::string>* used,
+void ClientSession::StatementsUsed(const routing::Classification& c, std::vector<std::string>* used,
                                    std::vector<std::string>* stale) const {
   if (!c.HasAny(Flag::kExecute | Flag::kDeallocate | Flag::kPrepare)) return;
   for (const routing::SessionItem& item : c.session_items()) {
@@ -104,14 +103,17 @@ void ClientSession::NoteStatementEffects(std::string_view sql, const routing::Cl
   if (c.Has(Flag::kDeclareCursorWithHold)) {
     pin("WITH HOLD cursor", admin::PinReason::kWithHoldCursor);
   }
-  if (c.Has(Flag::kLoad)) pin("LOAD", admin::PinReason::kLoad);
+  if (c.Has(Flag::kLoad)) {
+    pin("LOAD", admin::PinReason::kLoad);
+    b->loaded = true;
+  }
   if (settings_changed && !tx_predicted_) b->state_version = state_.settings_version();
   if (state_.pinned() && !was_pinned && first_reason) {
     // Counted once per pin: a session unpinned (DISCARD ALL, UNLISTEN *) and pinned again
     // counts again.
     worker_.metrics->Inc(ctx_.metrics->sessions_pinned.At(*first_reason));
-    PGRELAY_LOG(kInfo, "session", "client " << peer_ << " pinned to the primary by "
-                                            << state_.pins().front());
+    PGRELAY_LOG(kInfo, "session",
+                "client " << peer_ << " pinned to the primary by " << state_.pins().front());
   }
 }
 

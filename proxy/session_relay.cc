@@ -84,7 +84,7 @@ awaitable<void> ClientSession::Relay() {
 }
 
 bool ClientSession::Reusable(const Backend& b, const health::Topology& topology) const {
-  return !b.pool_key.empty() && b.alive && b.reader_running && b.dropped == nullptr &&
+  return !b.pool_key.empty() && b.alive && b.reader_running && b.dropped == nullptr && !b.loaded &&
          b.pending.empty() && b.status == 'I' && lost_in_transaction_.empty() &&
          static_cast<size_t>(b.node) < topology.nodes.size() && !topology.nodes[b.node].Lost();
 }
@@ -99,6 +99,12 @@ awaitable<void> ClientSession::EndBackends() {
   const bool pooling = config_->pool.mode == config::PoolMode::kSession;
   std::shared_ptr<const health::Topology> topology = worker_.Topology(*ctx_.monitor);
   bool resetting = false;
+  if (pooling && pid_ != 0) {
+    // From now on a CancelRequest with this session's key finds nothing: its connections may
+    // soon serve another session.
+    ctx_.cancels->Unregister(pid_);
+    pid_ = 0;
+  }
   for (auto& b : backends_) {
     if (!b || !b->alive || !b->conn->socket().is_open()) continue;
     if (pooling && Reusable(*b, *topology)) {
@@ -642,7 +648,8 @@ awaitable<ClientSession::Backend*> ClientSession::OpenBackend(int node) {
   BackendLoginParams params = LoginParamsFor(status);
   auto b = std::make_unique<Backend>();
   b->node = node;
-  b->conn = FromPool(params, b.get());
+  if (ending_) co_return nullptr;  // the client left while the old connection's reader ended
+  b->conn = FromPool(params, status, b.get());
   bool ok = true;
   if (b->conn == nullptr) {
     b->conn = std::make_unique<BackendConnection>(client_.get_executor(), &worker_.pool);
@@ -993,6 +1000,8 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
     size_t needed = 0;
     bool corrupt = false;
     for (;;) {
+      // Reset for the pool: nothing after DISCARD ALL's ReadyForQuery is read (see below).
+      if (b->resetting && completed == b->pending.size()) break;
       FrameScanner::Frame f = scanner.Next(in.Unconsumed());
       if (f.kind == FrameScanner::Kind::kNeedMore) {
         needed = f.needed;

@@ -414,6 +414,8 @@ Response AdminServer::Impl::Cluster(const Request& request) const {
   }
   std::vector<int64_t> backend;
   if (sources_.backend_connections) backend = sources_.backend_connections();
+  std::vector<int64_t> parked;
+  if (sources_.pool_idle_connections) parked = sources_.pool_idle_connections();
   const auto now = std::chrono::steady_clock::now();
 
   json::array nodes;
@@ -447,6 +449,7 @@ Response AdminServer::Impl::Cluster(const Request& request) const {
             ? json::value(nullptr)
             : json::value(std::chrono::duration<double>(now - n.last_probe).count());
     if (i < backend.size()) node["backend_connections"] = backend[i];
+    if (i < parked.size()) node["pool_idle_connections"] = parked[i];
     nodes.push_back(std::move(node));
   }
   json::object root;

@@ -44,9 +44,11 @@ struct AdminOptions {
 struct AdminSources {
   std::function<std::shared_ptr<const health::Topology>()> topology;
   const Registry* metrics = nullptr;
-  // For /cluster: client connections now, and backend connections per node (topology order).
+  // For /cluster: client connections now, and backend connections in use and parked in the
+  // pool per node (topology order).
   std::function<int64_t()> client_connections;
   std::function<std::vector<int64_t>()> backend_connections;
+  std::function<std::vector<int64_t>()> pool_idle_connections;
   // POST /pause, /resume, /reload, /switchover (after the token check). `action` is the path
   // without the slash, `query` the raw query string ("to=pg2"). Empty: 501 Not Implemented.
   std::function<ActionResult(std::string_view action, std::string_view query)> on_action;

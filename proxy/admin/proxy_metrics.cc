@@ -298,4 +298,12 @@ std::vector<int64_t> ProxyMetrics::BackendConnections() const {
   return out;
 }
 
+std::vector<int64_t> ProxyMetrics::PoolIdleConnections() const {
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < config::kMaxNodes; ++i) {
+    out.push_back(std::llround(registry_.Value(pool_idle_connections.At(i))));
+  }
+  return out;
+}
+
 }  // namespace pgrelay::admin

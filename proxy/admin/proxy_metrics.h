@@ -96,7 +96,8 @@ class ProxyMetrics {
 
   // Sums over every shard, for /cluster.
   int64_t ClientConnections() const;
-  std::vector<int64_t> BackendConnections() const;  // per node slot (config::kMaxNodes)
+  std::vector<int64_t> BackendConnections() const;   // per node slot (config::kMaxNodes)
+  std::vector<int64_t> PoolIdleConnections() const;  // per node slot (config::kMaxNodes)
 
   // --- Sharded families. Indexes: node = position in config.nodes, strategy =
   // config::Strategy, class = StatementClass, reason = RejectReason / PinReason. ---

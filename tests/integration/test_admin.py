@@ -40,6 +40,8 @@ REQUIRED_FAMILIES = {
     "pgrelay_client_connections_total": "counter",
     "pgrelay_client_connections_rejected_total": "counter",
     "pgrelay_backend_connections": "gauge",
+    "pgrelay_pool_idle_connections": "gauge",
+    "pgrelay_pool_reused_total": "counter",
     "pgrelay_statements_total": "counter",
     "pgrelay_statement_duration_seconds": "histogram",
     "pgrelay_client_bytes_received_total": "counter",

@@ -22,6 +22,7 @@ session sees them.
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.request
 import uuid
@@ -104,8 +105,11 @@ def test_next_session_reuses_the_parked_connection(pooled, cluster):
     conn = pooled.connect(autocommit=True, application_name=app_name)
     first = backend_pid(conn)
     leave(pooled, conn)
-    # Parked: still open on the primary.
+    # Parked: still open on the primary, and shown on /cluster.
     assert alive(cluster, cluster.primary_port, first)
+    with urllib.request.urlopen(f"http://127.0.0.1:{pooled.admin_port}/cluster", timeout=5) as r:
+        nodes = {n["name"]: n for n in json.load(r)["nodes"]}
+    assert nodes["pg1"]["pool_idle_connections"] >= 1
     for _ in range(3):
         conn = pooled.connect(autocommit=True, application_name=app_name)
         assert backend_pid(conn) == first
@@ -204,6 +208,21 @@ def test_client_leaving_during_a_statement_is_not_pooled(pooled, cluster):
     # ...and closes once its statement ends (PostgreSQL notices the closed socket only then).
     wait_until(lambda: not (pids_by_app(cluster, cluster.primary_port, app_name) & pids),
                timeout=15, what="the busy connection to be closed, not parked")
+
+
+def test_connection_that_ran_load_is_not_pooled(pooled, cluster):
+    """DISCARD ALL cannot unload a library: a connection that ran LOAD (here refused, the app
+    user not being a superuser; pgrelay goes by the statement) is closed, not parked."""
+    app_name = unique()
+    conn = pooled.connect(autocommit=True, application_name=app_name)
+    pid = backend_pid(conn)
+    with pytest.raises(psycopg.Error):
+        conn.execute("LOAD 'auto_explain'")
+    conn.close()
+    wait_until(lambda: not alive(cluster, cluster.primary_port, pid), timeout=10,
+               what="the connection that ran LOAD to be closed")
+    with pooled.connect(autocommit=True, application_name=app_name) as conn:
+        assert backend_pid(conn) != pid
 
 
 def test_parked_connection_ended_by_the_server_is_not_handed_out(pooled, cluster):

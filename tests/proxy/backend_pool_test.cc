@@ -78,6 +78,18 @@ TEST_F(BackendPoolTest, KeySeparatesEveryLoginDetail) {
   others[4].options = {{"application_name", "y"}};
   others[5].tls = std::make_shared<const BackendTls>();
   for (const auto& p : others) EXPECT_NE(base, BackendPool::KeyOf(p));
+  // Backend TLS settings from another reload: another key, even if the object's address
+  // were reused.
+  auto tls1 = std::make_shared<BackendTls>();
+  auto tls2 = std::make_shared<BackendTls>();
+  tls1->generation = 1;
+  tls2->generation = 2;
+  BackendLoginParams t1 = Params(), t2 = Params();
+  t1.tls = tls1;
+  t2.tls = tls2;
+  EXPECT_NE(BackendPool::KeyOf(t1), BackendPool::KeyOf(t2));
+  t2.tls = tls1;
+  EXPECT_EQ(BackendPool::KeyOf(t1), BackendPool::KeyOf(t2));
   // Fields are delimited: "ab" + "c" is not "a" + "bc".
   BackendLoginParams a = Params(), b = Params();
   a.user = "ab";
