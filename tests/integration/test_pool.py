@@ -23,6 +23,7 @@ session sees them.
 from __future__ import annotations
 
 import json
+import os
 import re
 import urllib.request
 import uuid
@@ -32,6 +33,7 @@ import pytest
 
 from conftest import DIRECT, RawConn, query_message, wait_until
 from replication import app_primary, node_connect
+from scratch_cluster import scratch  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.skipif(DIRECT, reason="tests pgrelay's pool (PGRELAY_TEST_DIRECT=1)")
 
@@ -335,3 +337,56 @@ def test_shutdown_with_parked_connections(make_pgrelay, cluster):
     relay.stop()  # must exit 0 within its time limit, LeakSanitizer clean
     wait_until(lambda: not alive(cluster, cluster.primary_port, first), timeout=10,
                what="parked connections to close at shutdown")
+
+
+# ---------------------------------------------------------------------------------------------
+# Role changes (a throwaway cluster: a switchover changes it for good)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_switchover_parked_connections_follow_the_roles(scratch, make_pgrelay, tmp_path):
+    """Connections parked before a switchover: those to the old primary (stopped, so down) are
+    closed; the one to the promoted replica was made while it was a replica (the server told the
+    client in_hot_standby = on at that login) and is not handed out as the new primary's: a new
+    session sees in_hot_standby = off, writes there, and libpq's target_session_attrs=read-write
+    accepts it."""
+    scratch.create(sync=False)
+    pg_ctl = os.path.join(scratch.bin, "pg_ctl")
+    relay = make_pgrelay({
+        **POOL, "nodes": scratch.nodes(), "backend": {"user": "postgres"},
+        "routing": {"strategy": "follower"}, "health": {"database": "postgres", "interval": "500ms"},
+        "failover": {"mode": "manual", "state_file": str(tmp_path / "state"), "hooks": {
+            "before_promote": f"runuser -u postgres -- {pg_ctl} -D {scratch.dir}/{{failed}} -m fast -w stop",
+            "timeout": "60s"}}})
+    wait_until(lambda: scratch.streams_from(1, 0) and scratch.streams_from(2, 0), 20, what="streaming")
+
+    def idle(node: str) -> float:
+        return metric(relay, "pgrelay_pool_idle_connections", node)
+
+    conn = relay.connect(dbname="postgres", autocommit=True)
+    assert conn.info.parameter_status("in_hot_standby") == "off"
+    wait_until(lambda: [metric(relay, "pgrelay_backend_connections", n) for n in ("s1", "s2")] == [1, 1],
+               10, what="the session's background connections to both replicas")
+    conn.close()
+    wait_until(lambda: [idle(n) for n in ("p0", "s1", "s2")] == [1, 1, 1], 10,
+               what="the session's connections to all three nodes to be parked")
+
+    req = urllib.request.Request(f"http://127.0.0.1:{relay.admin_port}/switchover?to=s2", method="POST",
+                                 data=b"")
+    with urllib.request.urlopen(req, timeout=90) as r:
+        assert r.status == 200, r.read().decode()
+    wait_until(lambda: idle("p0") == 0, 10, what="the stopped old primary's parked connection to close")
+
+    with relay.connect(dbname="postgres", autocommit=True) as conn:
+        assert conn.info.parameter_status("in_hot_standby") == "off"
+        conn.execute("CREATE TABLE after_switch (x int)")
+        conn.execute("INSERT INTO after_switch VALUES (1)")
+        # The replica-era connection to s2 is still parked, not serving as the primary's.
+        assert idle("s2") == 1
+    dsn = (f"host=127.0.0.1 port={relay.port} user={relay.cluster.app_user} "
+           f"password={relay.cluster.app_password} dbname=postgres target_session_attrs=read-write")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        primary_port = "/* pgrelay:primary */ SELECT inet_server_port()"
+        assert conn.execute(primary_port).fetchone()[0] == scratch.ports[2]
+    with scratch.connect(2) as direct:
+        assert direct.execute("SELECT count(*) FROM after_switch").fetchone() == (1,)
