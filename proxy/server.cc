@@ -55,10 +55,19 @@ struct Worker {
   }
 };
 
+// Closes this worker's parked connections (pool.mode: session) that idled longer than
+// pool.idle_timeout or whose node is lost; all of them once a reload set pool.mode off.
+void SweepPool(WorkerContext& context, const std::vector<bool>& lost) {
+  if (context.backends.Idle() == 0) return;
+  const config::PoolConfig& pool = context.config->pool;
+  const auto idle_timeout =
+      pool.mode == config::PoolMode::kOff ? std::chrono::milliseconds(0) : pool.idle_timeout;
+  context.backends.Sweep(std::chrono::steady_clock::now(), idle_timeout, lost);
+}
+
 // Drops this worker's backend connections to nodes the monitor has just declared down or
 // fenced: a statement waiting on a hung node gets an error instead of waiting forever, and no
-// session keeps talking to a stale primary. Also closes parked connections (pool.mode: session)
-// to such nodes, and those idle longer than pool.idle_timeout.
+// session keeps talking to a stale primary. Also sweeps the pool (SweepPool).
 awaitable<void> WatchTopology(ServerContext* context, Worker* worker) {
   uint64_t seen = 0;
   std::vector<bool> was_lost;  // per node slot, as of the last snapshot seen
@@ -69,10 +78,7 @@ awaitable<void> WatchTopology(ServerContext* context, Worker* worker) {
     co_await worker->watch.async_wait(kNoThrow);
     if (worker->shutting_down) break;
     const auto topology = context->monitor->Snapshot();
-    if (worker->context.backends.Idle() > 0) {
-      worker->context.backends.Sweep(std::chrono::steady_clock::now(),
-                                     worker->context.config->pool.idle_timeout, was_lost);
-    }
+    SweepPool(worker->context, was_lost);
     if (topology->version == seen) continue;
     seen = topology->version;
     was_lost.resize(topology->nodes.size(), false);
@@ -88,10 +94,7 @@ awaitable<void> WatchTopology(ServerContext* context, Worker* worker) {
                             : "is fenced (it is not the primary of the current epoch)";
       for (ClientSession* s : worker->sessions) s->DropNode(static_cast<int>(i), why);
     }
-    if (worker->context.backends.Idle() > 0) {
-      worker->context.backends.Sweep(std::chrono::steady_clock::now(),
-                                     worker->context.config->pool.idle_timeout, was_lost);
-    }
+    SweepPool(worker->context, was_lost);
   }
 }
 

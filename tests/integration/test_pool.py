@@ -25,13 +25,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import urllib.request
 import uuid
 
 import psycopg
 import pytest
 
-from conftest import DIRECT, RawConn, query_message, wait_until
+from conftest import DIRECT, RawConn, merge_config, query_message, to_yaml, wait_until
 from replication import app_primary, node_connect
 from scratch_cluster import scratch  # noqa: F401 (fixture)
 
@@ -308,6 +309,27 @@ def test_max_idle_bounds_parked_connections(make_pgrelay, cluster):
                what="two connections parked, the others closed")
     assert pids_by_app(cluster, cluster.primary_port, app_name) <= pids
     assert metric(relay, "pgrelay_pool_idle_connections", "pg1") == 2
+
+
+def test_reload_to_pool_off_closes_parked_connections(make_pgrelay, cluster):
+    relay = make_pgrelay(POOL)
+    app_name = unique()
+    conn = relay.connect(autocommit=True, application_name=app_name)
+    first = backend_pid(conn)
+    leave(relay, conn)
+    relay.config = merge_config(relay.config, {"pool": {"mode": "off"}})
+    relay.config_path.write_text(to_yaml(relay.config) + "\n")
+    relay.config_path.chmod(0o600)
+    relay.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: not alive(cluster, cluster.primary_port, first), timeout=10,
+               what="the parked connection to close after the reload to pool.mode off")
+    assert metric(relay, "pgrelay_pool_idle_connections", "pg1") == 0
+    # And nothing is parked any more.
+    conn = relay.connect(autocommit=True, application_name=app_name)
+    second = backend_pid(conn)
+    conn.close()
+    wait_until(lambda: not alive(cluster, cluster.primary_port, second), timeout=10,
+               what="the session's connection to close with it")
 
 
 def test_pgbench_connecting_per_transaction(make_pgrelay, cluster, tmp_path):
