@@ -35,8 +35,9 @@ constexpr BuiltinRole kBuiltinRoles[] = {
     {"pg_notify", FunctionRole::kNotify},
 };
 
-// The operators the classifier's pre-check accepts (the parser turns != into <>).
-constexpr std::string_view kSimpleOperators[] = {"=", "<>", "<", ">", "<=", ">="};
+// The operators the classifier's pre-check accepts (the parser turns != into <>): comparisons,
+// and + - in the SET list of an UPDATE.
+constexpr std::string_view kSimpleOperators[] = {"=", "<>", "<", ">", "<=", ">=", "+", "-"};
 
 constexpr std::string_view kPgCatalog = "pg_catalog";
 

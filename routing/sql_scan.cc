@@ -359,9 +359,9 @@ class Precheck {
  public:
   explicit Precheck(std::string_view sql) : lexer_(sql, &IgnoreComment) { Advance(); }
 
-  // Returns the transaction kind (kBegin etc.) for a transaction statement, kNone for a SELECT;
-  // false if neither matches exactly.
-  bool Run(bool selects_allowed, TxnKind* txn) {
+  // Returns the transaction kind (kBegin etc.) for a transaction statement, kNone for a SELECT
+  // or a plain write (*write set); false if none matches exactly.
+  bool Run(bool selects_allowed, TxnKind* txn, bool* write) {
     if (tok_.kind != Tok::kIdent) return false;
     if (IsWord("begin")) {
       *txn = TxnKind::kBegin;
@@ -383,6 +383,22 @@ class Precheck {
       *txn = TxnKind::kNone;
       Advance();
       if (!Select()) return false;
+    } else if (IsWord("insert") && selects_allowed) {
+      *txn = TxnKind::kNone;
+      *write = true;
+      Advance();
+      if (!Insert()) return false;
+    } else if (IsWord("update") && selects_allowed) {
+      *txn = TxnKind::kNone;
+      *write = true;
+      Advance();
+      if (!Update()) return false;
+    } else if (IsWord("delete") && selects_allowed) {
+      *txn = TxnKind::kNone;
+      *write = true;
+      Advance();
+      if (!OptionalWord("from") || !Name()) return false;
+      if (OptionalWord("where") && !Conditions()) return false;
     } else {
       return false;
     }
@@ -435,16 +451,7 @@ class Precheck {
     } while (tok_.kind == Tok::kComma && (Advance(), true));
     if (OptionalWord("from")) {
       if (!Name()) return false;
-      if (OptionalWord("where")) {
-        do {
-          if (!Name() || !ComparisonOperator()) return false;
-          if (tok_.kind == Tok::kParam) {
-            Advance();
-          } else if (!Literal()) {
-            return false;
-          }
-        } while (OptionalWord("and"));
-      }
+      if (OptionalWord("where") && !Conditions()) return false;
       if (OptionalWord("order")) {
         if (!OptionalWord("by")) return false;
         do {
@@ -455,6 +462,73 @@ class Precheck {
     }
     if (OptionalWord("limit") && !Integer()) return false;
     if (OptionalWord("offset") && !Integer()) return false;
+    return true;
+  }
+  // name op value [AND ...]
+  bool Conditions() {
+    do {
+      if (!Name() || !ComparisonOperator()) return false;
+      if (tok_.kind == Tok::kParam) {
+        Advance();
+      } else if (!Literal()) {
+        return false;
+      }
+    } while (OptionalWord("and"));
+    return true;
+  }
+  // A constant of a row value or an UPDATE operand: number, -number, 'string', $n,
+  // CURRENT_TIMESTAMP, CURRENT_DATE (SQL value functions the parser folds, not function calls).
+  bool Value() {
+    if (tok_.kind == Tok::kParam) {
+      Advance();
+      return true;
+    }
+    if (tok_.kind == Tok::kOperator && tok_.text == "-") {
+      Advance();
+      return tok_.kind == Tok::kNumber && (Advance(), true);
+    }
+    if (IsWord("current_timestamp") || IsWord("current_date")) {
+      Advance();
+      return true;
+    }
+    return Literal();
+  }
+  // INTO name [(name, ...)] VALUES (value, ...) [, (value, ...) ...]
+  bool Insert() {
+    if (!OptionalWord("into") || !Name()) return false;
+    if (tok_.kind == Tok::kOpenParen) {
+      Advance();
+      do {
+        if (!Name()) return false;
+      } while (tok_.kind == Tok::kComma && (Advance(), true));
+      if (tok_.kind != Tok::kCloseParen) return false;
+      Advance();
+    }
+    if (!OptionalWord("values")) return false;
+    do {
+      if (tok_.kind != Tok::kOpenParen) return false;
+      Advance();
+      do {
+        if (!Value()) return false;
+      } while (tok_.kind == Tok::kComma && (Advance(), true));
+      if (tok_.kind != Tok::kCloseParen) return false;
+      Advance();
+    } while (tok_.kind == Tok::kComma && (Advance(), true));
+    return true;
+  }
+  // name SET name = operand [+|- operand], ... [WHERE ...]
+  bool Update() {
+    if (!Name() || !OptionalWord("set")) return false;
+    do {
+      if (!Name() || tok_.kind != Tok::kOperator || tok_.text != "=") return false;
+      Advance();
+      if (!Name() && !Value()) return false;
+      if (tok_.kind == Tok::kOperator && (tok_.text == "+" || tok_.text == "-")) {
+        Advance();
+        if (!Name() && !Value()) return false;
+      }
+    } while (tok_.kind == Tok::kComma && (Advance(), true));
+    if (OptionalWord("where") && !Conditions()) return false;
     return true;
   }
   bool ComparisonOperator() {
@@ -500,11 +574,16 @@ Hint FindCommentHint(std::string_view sql) {
 
 bool PrecheckSimple(std::string_view sql, bool simple_operators_safe, Classification* out) {
   TxnKind txn = TxnKind::kNone;
+  bool write = false;
   Precheck precheck(sql);
-  if (!precheck.Run(simple_operators_safe, &txn)) return false;
+  if (!precheck.Run(simple_operators_safe, &txn, &write)) return false;
   *out = Classification{};
   out->txn = txn;
   out->statement_count = 1;
+  if (write) {
+    out->target = Target::kPrimary;
+    out->Set(Flag::kWrite);
+  }
   return true;
 }
 

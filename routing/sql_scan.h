@@ -20,10 +20,16 @@ Hint FindCommentHint(std::string_view sql);
 //   BEGIN | START TRANSACTION | COMMIT | END | ROLLBACK | ABORT   [WORK | TRANSACTION]
 //   SELECT item, ... [FROM name [WHERE name op value [AND ...]] [ORDER BY name [ASC|DESC], ...]]
 //          [LIMIT n] [OFFSET n]
+//   INSERT INTO name [(name, ...)] VALUES (row value, ...) [, (...) ...]
+//   UPDATE name SET name = operand [+|- operand], ... [WHERE name op value [AND ...]]
+//   DELETE FROM name [WHERE name op value [AND ...]]
 // with items * | name | number | 'string', op one of = <> != < > <= >=, values number | 'string'
-// | $n, names plain unquoted identifiers that are not reserved keywords, an optional `;`, and
-// comments anywhere. `simple_operators_safe` is FunctionCatalog::simple_operators_safe(): if a
-// user overloaded one of those operators with a volatile function, SELECTs are not pre-checked.
+// | $n, row values and operands also -number, CURRENT_TIMESTAMP, CURRENT_DATE (and operands a
+// name), names plain unquoted identifiers that are not reserved keywords, an optional `;`, and
+// comments anywhere. The three writes are plain writes (kWrite, to the primary): no function
+// call, subquery, RETURNING or ON CONFLICT. `simple_operators_safe` is
+// FunctionCatalog::simple_operators_safe(): if a user overloaded one of those operators (or + -)
+// with a volatile function, only transaction control is pre-checked.
 // Returns false (and leaves *out alone) for anything else. The result equals the parser's.
 bool PrecheckSimple(std::string_view sql, bool simple_operators_safe, Classification* out);
 
