@@ -17,6 +17,7 @@ import re
 import socket
 import struct
 import subprocess
+import urllib.request
 
 import psycopg
 import pytest
@@ -240,6 +241,29 @@ def test_backend_verify_full(make_pgrelay, cluster, certs, nodes_with_ssl):
                               " WHERE a.application_name = 'pgrelay-health'").fetchall()
         assert rows and all(r == (True,) for r in rows), rows
     relay.assert_healthy()
+
+
+def test_backend_tls_connections_are_pooled(make_pgrelay, cluster, certs, nodes_with_ssl):
+    """pool.mode session over backend TLS: the next session takes the parked TLS connection
+    (same server process, still encrypted) and it works."""
+    relay = make_pgrelay({"workers": 1, "pool": {"mode": "session"},
+                          "backend": {"tls": "verify-full", "ca_file": str(certs / "test-ca.crt")}})
+    sql = "SELECT pg_backend_pid(), ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+    conn = relay.connect(autocommit=True, application_name="tls-pool")
+    first = conn.execute(sql).fetchone()
+    assert first[1] is True
+    conn.close()
+
+    def parked() -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{relay.admin_port}/metrics", timeout=5) as r:
+            return re.search(r'^pgrelay_pool_idle_connections\{node="pg1"\} 1$', r.read().decode(),
+                             re.M) is not None
+    wait_until(parked, timeout=10, what="the TLS connection to be parked")
+    for _ in range(2):
+        with relay.connect(autocommit=True, application_name="tls-pool") as conn:
+            assert conn.execute(sql).fetchone() == first
+            assert conn.execute("SELECT 41 + 1").fetchone() == (42,)
+        wait_until(parked, timeout=10, what="the TLS connection to be parked again")
 
 
 def test_backend_wrong_ca_names_the_node(make_pgrelay, cluster, certs, nodes_with_ssl):
