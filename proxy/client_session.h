@@ -1,6 +1,7 @@
 // One client connection: start-up, authentication, then routing each unit of work (a simple
 // Query, or an extended-protocol batch up to Sync) to a backend connection it owns (at most one
-// per node, opened lazily) and relaying the replies back in order.
+// per node, opened when needed or taken from the worker's BackendPool) and relaying the replies
+// back in order.
 // Lives in coroutines on one worker; not thread-safe.
 //
 // Ordering: units go to one backend at a time, the session's `current_` backend. The session
