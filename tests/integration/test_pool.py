@@ -332,12 +332,16 @@ def test_reload_to_pool_off_closes_parked_connections(make_pgrelay, cluster):
                what="the session's connection to close with it")
 
 
-def test_pgbench_connecting_per_transaction(make_pgrelay, cluster, tmp_path):
+@pytest.mark.parametrize("mode", ["simple", "prepared"])
+def test_pgbench_connecting_per_transaction(make_pgrelay, cluster, tmp_path, mode):
+    """pgbench -C: a new session per transaction. With -M prepared every session prepares the
+    same statement names at the protocol level: the DISCARD ALL before reuse must have dropped
+    the last session's, or the Parse fails with 42P05."""
     relay = make_pgrelay(POOL)
     script = tmp_path / "select.sql"
     script.write_text("SELECT pg_backend_pid();\n")
-    out = relay.run_client("pgbench", "-n", "-C", "-c", "4", "-t", "50", "-f", str(script),
-                           timeout=120)
+    out = relay.run_client("pgbench", "-n", "-C", "-M", mode, "-c", "4", "-t", "50", "-f",
+                           str(script), timeout=120)
     assert out.returncode == 0, f"pgbench failed:\n{out.stdout}\n{out.stderr}"
     assert "number of transactions actually processed: 200/200" in out.stdout, out.stdout
     # 200 sessions, at most 4 at a time: nearly all took a parked connection (a reconnect
