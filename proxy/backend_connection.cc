@@ -1,5 +1,6 @@
 #include "proxy/backend_connection.h"
 
+#include <algorithm>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
@@ -39,6 +40,33 @@ awaitable<bool> BackendConnection::Login(const BackendLoginParams& params) {
     ok = false;
   }
   co_return ok;
+}
+
+void BackendConnection::NoteParameterStatus(std::string_view message) {
+  constexpr size_t kHeader = 5;  // type byte and length
+  if (message.size() <= kHeader || message[0] != 'S') return;
+  const std::string_view name = message.substr(kHeader, message.find('\0', kHeader) - kHeader);
+  std::string updated;
+  std::string_view rest = startup_messages_;
+  bool replaced = false;
+  while (rest.size() >= kHeader) {
+    const uint32_t length = (static_cast<uint32_t>(static_cast<unsigned char>(rest[1])) << 24) |
+                            (static_cast<uint32_t>(static_cast<unsigned char>(rest[2])) << 16) |
+                            (static_cast<uint32_t>(static_cast<unsigned char>(rest[3])) << 8) |
+                            static_cast<uint32_t>(static_cast<unsigned char>(rest[4]));
+    const size_t size = std::min<size_t>(rest.size(), size_t{length} + 1);
+    const std::string_view one = rest.substr(0, size);
+    rest.remove_prefix(size);
+    if (one[0] == 'S' && one.size() > kHeader &&
+        one.substr(kHeader, one.find('\0', kHeader) - kHeader) == name) {
+      updated.append(message);
+      replaced = true;
+    } else {
+      updated.append(one);
+    }
+  }
+  if (!replaced) updated.append(message);
+  startup_messages_ = std::move(updated);
 }
 
 awaitable<bool> BackendConnection::StartTls(const BackendLoginParams& p, const std::string& where) {

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -44,8 +45,13 @@ class BackendConnection {
   uint16_t port() const { return port_; }
   int32_t pid() const { return pid_; }
   int32_t key() const { return key_; }
-  // ParameterStatus and NoticeResponse messages received during login, raw, in order.
+  // ParameterStatus and NoticeResponse messages received during login, raw, in order; with
+  // NoteParameterStatus, each parameter's latest value.
   const std::string& startup_messages() const { return startup_messages_; }
+  // A ParameterStatus message (whole, raw) the server sent after login: replaces the one with
+  // the same name in startup_messages() (or is added), so a session that takes this connection
+  // from the pool is told the server's current values.
+  void NoteParameterStatus(std::string_view message);
   const std::string& server_error() const { return server_error_; }
   const std::string& error_message() const { return error_message_; }
 

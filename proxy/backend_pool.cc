@@ -47,9 +47,13 @@ std::string BackendPool::KeyOf(const BackendLoginParams& p) {
     add(name);
     add(value);
   }
-  // Every reload makes new backend TLS settings (files are read again): connections made
-  // under older ones no longer match and age out.
-  add(p.tls == nullptr ? std::string("plain") : std::to_string(p.tls->generation));
+  // Connections made under other backend TLS settings (another mode or other files) no longer
+  // match and age out; a reload that keeps them keeps the pool.
+  if (p.tls == nullptr) {
+    add("disable");
+  } else {
+    add(p.tls->identity);
+  }
   return key;
 }
 

@@ -80,10 +80,12 @@ std::shared_ptr<const ServerTls> MakeServerTls(const config::TlsConfig& tls, std
 std::shared_ptr<const BackendTls> MakeBackendTls(const config::BackendTlsConfig& tls,
                                                  std::string* error) {
   if (tls.mode == config::BackendTlsMode::kDisable) return nullptr;
-  static std::atomic<uint64_t> generations{0};
   auto out = std::make_shared<BackendTls>();
   out->mode = tls.mode;
-  out->generation = generations.fetch_add(1, std::memory_order_relaxed) + 1;
+  for (std::string_view part : {config::ToString(tls.mode), std::string_view(tls.ca_file),
+                                std::string_view(tls.cert_file), std::string_view(tls.key_file)}) {
+    out->identity.append(part).push_back('\0');
+  }
   SSL_CTX* ctx = out->context.native_handle();
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);

@@ -5,7 +5,6 @@
 #pragma once
 
 #include <boost/asio/ssl/context.hpp>
-#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -37,7 +36,9 @@ std::shared_ptr<const ServerTls> MakeServerTls(const config::TlsConfig& tls, std
 struct BackendTls {
   boost::asio::ssl::context context{boost::asio::ssl::context::tls_client};
   config::BackendTlsMode mode = config::BackendTlsMode::kPrefer;
-  uint64_t generation = 0;  // distinct for every MakeBackendTls result (BackendPool keys)
+  // The settings that made it (mode and file names): connections made under other settings
+  // are not pooled together (BackendPool keys). A reload that changes nothing keeps it.
+  std::string identity;
 };
 
 // nullptr with *error set if the files cannot be used; nullptr without an error for disable.

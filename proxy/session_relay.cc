@@ -1019,6 +1019,9 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
           if (f.kind == FrameScanner::Kind::kWhole && f.type == 'Z') {
             g->status_after = f.bytes.size() > 5 ? f.bytes[5] : 'I';
             ++completed;
+          } else if (f.type == 'S' && f.kind == FrameScanner::Kind::kWhole &&
+                     !b->pool_key.empty()) {
+            b->conn->NoteParameterStatus(f.bytes);  // for the session that takes it next
           } else if (f.type == 'E') {
             g->error = true;
             if (g->forward && f.kind == FrameScanner::Kind::kWhole && RewriteFatal(b, f.bytes)) {
@@ -1030,6 +1033,9 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
           // the session reach the client; an error here is the server ending an idle
           // connection, which the session survives.
           forward_current = b == current_ && (f.type == 'A' || f.type == 'N' || f.type == 'S');
+          if (f.type == 'S' && f.kind == FrameScanner::Kind::kWhole && !b->pool_key.empty()) {
+            b->conn->NoteParameterStatus(f.bytes);
+          }
           if (f.type == 'E') {
             auto fields = protocol::ParseErrorFields(f.bytes.substr(5));
             PGRELAY_LOG(kInfo, "session",

@@ -176,6 +176,38 @@ def test_reused_connection_keeps_nothing_of_the_last_session(pooled, cluster):
         other.execute("SELECT pg_advisory_unlock(%s)", (lock_key,))
 
 
+def test_next_session_is_told_the_servers_current_parameters(pooled, cluster):
+    """A reported parameter the server changed after the connection's login (a new default in
+    postgresql.conf) reaches the next session in its start-up ParameterStatus, not the value
+    of the connection's own login."""
+    app_name = unique()
+    conn = pooled.connect(autocommit=True, application_name=app_name)
+    first = backend_pid(conn)
+    assert conn.info.parameter_status("DateStyle") == "ISO, MDY"
+
+    def set_default(value):
+        with node_connect(cluster, cluster.primary_port) as su:
+            if value is None:
+                su.execute("ALTER SYSTEM RESET datestyle")
+            else:
+                su.execute(f"ALTER SYSTEM SET datestyle = '{value}'")
+            su.execute("SELECT pg_reload_conf()")
+
+    set_default("ISO, DMY")
+    try:
+        def reported():
+            conn.execute("SELECT 1")  # the server reports the change with a reply
+            return conn.info.parameter_status("DateStyle") == "ISO, DMY"
+        wait_until(reported, timeout=10, what="the new DateStyle to be reported")
+        leave(pooled, conn)
+        with pooled.connect(autocommit=True, application_name=app_name) as conn:
+            assert backend_pid(conn) == first
+            assert conn.info.parameter_status("DateStyle") == "ISO, DMY"
+            assert conn.execute("SHOW datestyle").fetchone() == ("ISO, DMY",)
+    finally:
+        set_default(None)
+
+
 def test_client_leaving_inside_a_transaction_is_not_pooled(pooled, cluster):
     app_name = unique()
     table = unique("t")
@@ -389,10 +421,15 @@ def test_switchover_parked_connections_follow_the_roles(scratch, make_pgrelay, t
     def idle(node: str) -> float:
         return metric(relay, "pgrelay_pool_idle_connections", node)
 
-    conn = relay.connect(dbname="postgres", autocommit=True)
+    app_name = unique("switch")
+    conn = relay.connect(dbname="postgres", autocommit=True, application_name=app_name)
     assert conn.info.parameter_status("in_hot_standby") == "off"
     wait_until(lambda: [metric(relay, "pgrelay_backend_connections", n) for n in ("s1", "s2")] == [1, 1],
                10, what="the session's background connections to both replicas")
+    with scratch.connect(2) as direct:
+        replica_era = {r[0] for r in direct.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app_name,))}
+    assert len(replica_era) == 1
     conn.close()
     wait_until(lambda: [idle(n) for n in ("p0", "s1", "s2")] == [1, 1, 1], 10,
                what="the session's connections to all three nodes to be parked")
@@ -403,12 +440,13 @@ def test_switchover_parked_connections_follow_the_roles(scratch, make_pgrelay, t
         assert r.status == 200, r.read().decode()
     wait_until(lambda: idle("p0") == 0, 10, what="the stopped old primary's parked connection to close")
 
-    with relay.connect(dbname="postgres", autocommit=True) as conn:
+    with relay.connect(dbname="postgres", autocommit=True, application_name=app_name) as conn:
         assert conn.info.parameter_status("in_hot_standby") == "off"
         conn.execute("CREATE TABLE after_switch (x int)")
         conn.execute("INSERT INTO after_switch VALUES (1)")
-        # The replica-era connection to s2 is still parked, not serving as the primary's.
-        assert idle("s2") == 1
+        # The primary connection is a new one, not the replica-era connection to s2.
+        pid = conn.execute("/* pgrelay:primary */ SELECT pg_backend_pid()").fetchone()[0]
+        assert pid not in replica_era
     dsn = (f"host=127.0.0.1 port={relay.port} user={relay.cluster.app_user} "
            f"password={relay.cluster.app_password} dbname=postgres target_session_attrs=read-write")
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace pgrelay::proxy {
@@ -78,17 +79,19 @@ TEST_F(BackendPoolTest, KeySeparatesEveryLoginDetail) {
   others[4].options = {{"application_name", "y"}};
   others[5].tls = std::make_shared<const BackendTls>();
   for (const auto& p : others) EXPECT_NE(base, BackendPool::KeyOf(p));
-  // Backend TLS settings from another reload: another key, even if the object's address
-  // were reused.
+  // Other backend TLS settings: another key; the same settings (a reload that kept them, a new
+  // object): the same key.
   auto tls1 = std::make_shared<BackendTls>();
   auto tls2 = std::make_shared<BackendTls>();
-  tls1->generation = 1;
-  tls2->generation = 2;
+  tls1->identity = std::string("prefer\0\0\0\0", 10);
+  tls2->identity = std::string("require\0\0\0\0", 11);
   BackendLoginParams t1 = Params(), t2 = Params();
   t1.tls = tls1;
   t2.tls = tls2;
   EXPECT_NE(BackendPool::KeyOf(t1), BackendPool::KeyOf(t2));
-  t2.tls = tls1;
+  auto tls3 = std::make_shared<BackendTls>();
+  tls3->identity = tls1->identity;
+  t2.tls = tls3;
   EXPECT_EQ(BackendPool::KeyOf(t1), BackendPool::KeyOf(t2));
   // Fields are delimited: "ab" + "c" is not "a" + "bc".
   BackendLoginParams a = Params(), b = Params();
@@ -97,6 +100,30 @@ TEST_F(BackendPoolTest, KeySeparatesEveryLoginDetail) {
   b.user = "a";
   b.database = "bc";
   EXPECT_NE(BackendPool::KeyOf(a), BackendPool::KeyOf(b));
+}
+
+// A ParameterStatus the server sends later replaces the login's value for the next session.
+TEST_F(BackendPoolTest, ParameterStatusUpdatesWhatTheNextSessionIsTold) {
+  auto status = [](std::string_view name, std::string_view value) {
+    std::string m = "S";
+    const uint32_t length = static_cast<uint32_t>(4 + name.size() + 1 + value.size() + 1);
+    for (int shift = 24; shift >= 0; shift -= 8) m.push_back(static_cast<char>(length >> shift));
+    m.append(name).push_back('\0');
+    m.append(value).push_back('\0');
+    return m;
+  };
+  BackendConnection conn(io_.get_executor(), &buffers_);
+  conn.NoteParameterStatus(status("DateStyle", "ISO, MDY"));
+  conn.NoteParameterStatus(status("TimeZone", "UTC"));
+  EXPECT_EQ(conn.startup_messages(), status("DateStyle", "ISO, MDY") + status("TimeZone", "UTC"));
+  conn.NoteParameterStatus(status("DateStyle", "ISO, DMY"));
+  EXPECT_EQ(conn.startup_messages(), status("DateStyle", "ISO, DMY") + status("TimeZone", "UTC"));
+  conn.NoteParameterStatus(status("Date", "x"));  // a prefix of another name is another name
+  EXPECT_EQ(conn.startup_messages(),
+            status("DateStyle", "ISO, DMY") + status("TimeZone", "UTC") + status("Date", "x"));
+  conn.NoteParameterStatus("Z\0\0\0\5I");  // not a ParameterStatus: ignored
+  EXPECT_EQ(conn.startup_messages(),
+            status("DateStyle", "ISO, DMY") + status("TimeZone", "UTC") + status("Date", "x"));
 }
 
 TEST_F(BackendPoolTest, TakesTheNewestQuietConnectionWithTheSameKey) {
