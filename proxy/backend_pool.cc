@@ -93,14 +93,16 @@ bool BackendPool::Park(int node, std::string key, std::unique_ptr<BackendConnect
 }
 
 void BackendPool::Sweep(Clock::time_point now, std::chrono::milliseconds idle_timeout,
-                        const std::vector<bool>& lost) {
+                        const std::vector<bool>& lost, size_t max_idle) {
   for (size_t node = 0; node < nodes_.size(); ++node) {
     std::vector<Entry>& parked = nodes_[node];
     if (parked.empty()) continue;
     const bool drop_all = node < lost.size() && lost[node];
+    // Oldest first: the first `excess` go if there are more than max_idle.
+    const size_t excess = parked.size() > max_idle ? parked.size() - max_idle : 0;
     size_t kept = 0;
     for (size_t i = 0; i < parked.size(); ++i) {
-      if (drop_all || now - parked[i].parked >= idle_timeout) {
+      if (drop_all || i < excess || now - parked[i].parked >= idle_timeout) {
         Close(std::move(parked[i].conn));
         CountIdle(static_cast<int>(node), -1);
         continue;

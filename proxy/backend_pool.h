@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -44,10 +45,11 @@ class BackendPool {
   // Takes `conn` (reset, idle, nothing pending or buffered, no read under way). Returns false
   // if it was closed instead: the node already has `max_idle` parked, or the pool is shut.
   bool Park(int node, std::string key, std::unique_ptr<BackendConnection> conn, size_t max_idle);
-  // Closes connections parked before now - idle_timeout, and every one to a node in `lost`
-  // (indexed by node slot; shorter vectors mean "not lost").
+  // Closes connections parked before now - idle_timeout, every one to a node in `lost`
+  // (indexed by node slot; shorter vectors mean "not lost"), and the oldest beyond `max_idle`
+  // per node (after a reload lowered it).
   void Sweep(Clock::time_point now, std::chrono::milliseconds idle_timeout,
-             const std::vector<bool>& lost);
+             const std::vector<bool>& lost, size_t max_idle = SIZE_MAX);
   // Closes everything; later Park calls close what they are given (worker shutdown).
   void Shut();
   size_t Idle(int node) const;

@@ -56,13 +56,15 @@ struct Worker {
 };
 
 // Closes this worker's parked connections (pool.mode: session) that idled longer than
-// pool.idle_timeout or whose node is lost; all of them once a reload set pool.mode off.
+// pool.idle_timeout, whose node is lost, or beyond pool.max_idle per node (a reload may lower
+// it); all of them once a reload set pool.mode off.
 void SweepPool(WorkerContext& context, const std::vector<bool>& lost) {
   if (context.backends.Idle() == 0) return;
   const config::PoolConfig& pool = context.config->pool;
   const auto idle_timeout =
       pool.mode == config::PoolMode::kOff ? std::chrono::milliseconds(0) : pool.idle_timeout;
-  context.backends.Sweep(std::chrono::steady_clock::now(), idle_timeout, lost);
+  context.backends.Sweep(std::chrono::steady_clock::now(), idle_timeout, lost,
+                         static_cast<size_t>(pool.max_idle));
 }
 
 // Drops this worker's backend connections to nodes the monitor has just declared down or

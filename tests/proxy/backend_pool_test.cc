@@ -193,6 +193,23 @@ TEST_F(BackendPoolTest, SweepClosesIdleTooLongAndLostNodes) {
   EXPECT_EQ(ReadToEof(node_ends_[1]), std::string("X\0\0\0\x04", 5));
 }
 
+TEST_F(BackendPoolTest, SweepTrimsTheOldestBeyondALowerMaxIdle) {
+  auto oldest = Connect();
+  BackendConnection* oldest_raw = oldest.get();
+  ASSERT_TRUE(pool_.Park(0, "k", std::move(oldest), 10));
+  ASSERT_TRUE(pool_.Park(0, "k", Connect(), 10));
+  ASSERT_TRUE(pool_.Park(0, "k", Connect(), 10));
+  pool_.Sweep(std::chrono::steady_clock::now(), seconds(60), {}, 2);
+  EXPECT_EQ(pool_.Idle(0), 2u);
+  Drain();
+  EXPECT_EQ(ReadToEof(node_ends_[0]), std::string("X\0\0\0\x04", 5));  // the oldest went
+  std::unique_ptr<BackendConnection> a = pool_.Take(0, "k");
+  std::unique_ptr<BackendConnection> b = pool_.Take(0, "k");
+  EXPECT_NE(a.get(), oldest_raw);
+  EXPECT_NE(b.get(), oldest_raw);
+  EXPECT_NE(b, nullptr);
+}
+
 TEST_F(BackendPoolTest, ShutClosesEverythingAndRefusesMore) {
   ASSERT_TRUE(pool_.Park(0, "k", Connect(), 10));
   pool_.Shut();
