@@ -364,6 +364,24 @@ def test_reload_to_pool_off_closes_parked_connections(make_pgrelay, cluster):
                what="the session's connection to close with it")
 
 
+def test_reload_lowering_max_idle_closes_the_oldest(make_pgrelay, cluster):
+    relay = make_pgrelay(POOL)
+    app_name = unique()
+    conns = [relay.connect(autocommit=True, application_name=app_name) for _ in range(3)]
+    for c in conns:
+        c.close()
+    wait_until(lambda: metric(relay, "pgrelay_pool_idle_connections", "pg1") == 3, timeout=10,
+               what="three connections parked")
+    relay.config = merge_config(relay.config, {"pool": {"mode": "session", "max_idle": 1}})
+    relay.config_path.write_text(to_yaml(relay.config) + "\n")
+    relay.config_path.chmod(0o600)
+    relay.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: metric(relay, "pgrelay_pool_idle_connections", "pg1") == 1, timeout=10,
+               what="the reload's max_idle 1 to close two parked connections")
+    wait_until(lambda: len(pids_by_app(cluster, cluster.primary_port, app_name)) == 1, timeout=10,
+               what="two of the three server processes to exit")
+
+
 @pytest.mark.parametrize("mode", ["simple", "prepared"])
 def test_pgbench_connecting_per_transaction(make_pgrelay, cluster, tmp_path, mode):
     """pgbench -C: a new session per transaction. With -M prepared every session prepares the
