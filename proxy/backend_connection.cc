@@ -44,26 +44,22 @@ awaitable<bool> BackendConnection::Login(const BackendLoginParams& params) {
 
 void BackendConnection::NoteParameterStatus(std::string_view message) {
   constexpr size_t kHeader = 5;  // type byte and length
-  if (message.size() <= kHeader || message[0] != 'S') return;
-  const std::string_view name = message.substr(kHeader, message.find('\0', kHeader) - kHeader);
+  // The parameter name of a ParameterStatus message; empty for any other message.
+  auto name_of = [](std::string_view m) {
+    if (m.size() <= kHeader || m[0] != 'S') return std::string_view();
+    return m.substr(kHeader, m.find('\0', kHeader) - kHeader);
+  };
+  const std::string_view name = name_of(message);
+  if (name.empty()) return;
   std::string updated;
-  std::string_view rest = startup_messages_;
   bool replaced = false;
-  while (rest.size() >= kHeader) {
-    const uint32_t length = (static_cast<uint32_t>(static_cast<unsigned char>(rest[1])) << 24) |
-                            (static_cast<uint32_t>(static_cast<unsigned char>(rest[2])) << 16) |
-                            (static_cast<uint32_t>(static_cast<unsigned char>(rest[3])) << 8) |
-                            static_cast<uint32_t>(static_cast<unsigned char>(rest[4]));
-    const size_t size = std::min<size_t>(rest.size(), size_t{length} + 1);
+  for (std::string_view rest = startup_messages_; rest.size() >= kHeader;) {
+    const size_t size = std::min<size_t>(rest.size(), size_t{protocol::ReadBe32(&rest[1])} + 1);
     const std::string_view one = rest.substr(0, size);
     rest.remove_prefix(size);
-    if (one[0] == 'S' && one.size() > kHeader &&
-        one.substr(kHeader, one.find('\0', kHeader) - kHeader) == name) {
-      updated.append(message);
-      replaced = true;
-    } else {
-      updated.append(one);
-    }
+    const bool same = name_of(one) == name;
+    updated.append(same ? message : one);
+    replaced |= same;
   }
   if (!replaced) updated.append(message);
   startup_messages_ = std::move(updated);

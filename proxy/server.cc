@@ -80,21 +80,21 @@ awaitable<void> WatchTopology(ServerContext* context, Worker* worker) {
     co_await worker->watch.async_wait(kNoThrow);
     if (worker->shutting_down) break;
     const auto topology = context->monitor->Snapshot();
-    SweepPool(worker->context, was_lost);
-    if (topology->version == seen) continue;
-    seen = topology->version;
-    was_lost.resize(topology->nodes.size(), false);
-    for (size_t i = 0; i < topology->nodes.size(); ++i) {
-      const health::NodeHealth state = topology->nodes[i].state;
-      const bool lost = topology->nodes[i].Lost();
-      const bool before = was_lost[i];
-      was_lost[i] = lost;
-      if (!lost || before) continue;
-      const char* why = topology->nodes[i].removed ? "was removed from the configuration"
-                        : state == health::NodeHealth::kDown
-                            ? "was declared down by the health checks"
-                            : "is fenced (it is not the primary of the current epoch)";
-      for (ClientSession* s : worker->sessions) s->DropNode(static_cast<int>(i), why);
+    if (topology->version != seen) {
+      seen = topology->version;
+      was_lost.resize(topology->nodes.size(), false);
+      for (size_t i = 0; i < topology->nodes.size(); ++i) {
+        const health::NodeHealth state = topology->nodes[i].state;
+        const bool lost = topology->nodes[i].Lost();
+        const bool before = was_lost[i];
+        was_lost[i] = lost;
+        if (!lost || before) continue;
+        const char* why = topology->nodes[i].removed ? "was removed from the configuration"
+                          : state == health::NodeHealth::kDown
+                              ? "was declared down by the health checks"
+                              : "is fenced (it is not the primary of the current epoch)";
+        for (ClientSession* s : worker->sessions) s->DropNode(static_cast<int>(i), why);
+      }
     }
     SweepPool(worker->context, was_lost);
   }

@@ -1013,15 +1013,15 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
       }
       std::string_view piece = f.bytes;
       if (f.kind == FrameScanner::Kind::kWhole || f.first_piece) {
+        if (f.type == 'S' && f.kind == FrameScanner::Kind::kWhole && !b->pool_key.empty()) {
+          b->conn->NoteParameterStatus(f.bytes);  // for the session that takes it next
+        }
         Group* g = completed < b->pending.size() ? &b->pending[completed] : nullptr;
         if (g != nullptr) {
           forward_current = g->forward;
           if (f.kind == FrameScanner::Kind::kWhole && f.type == 'Z') {
             g->status_after = f.bytes.size() > 5 ? f.bytes[5] : 'I';
             ++completed;
-          } else if (f.type == 'S' && f.kind == FrameScanner::Kind::kWhole &&
-                     !b->pool_key.empty()) {
-            b->conn->NoteParameterStatus(f.bytes);  // for the session that takes it next
           } else if (f.type == 'E') {
             g->error = true;
             if (g->forward && f.kind == FrameScanner::Kind::kWhole && RewriteFatal(b, f.bytes)) {
@@ -1033,9 +1033,6 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
           // the session reach the client; an error here is the server ending an idle
           // connection, which the session survives.
           forward_current = b == current_ && (f.type == 'A' || f.type == 'N' || f.type == 'S');
-          if (f.type == 'S' && f.kind == FrameScanner::Kind::kWhole && !b->pool_key.empty()) {
-            b->conn->NoteParameterStatus(f.bytes);
-          }
           if (f.type == 'E') {
             auto fields = protocol::ParseErrorFields(f.bytes.substr(5));
             PGRELAY_LOG(kInfo, "session",

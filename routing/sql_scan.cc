@@ -493,26 +493,24 @@ class Precheck {
     }
     return Literal();
   }
+  // (item, ...) with `item` one of the element parsers above.
+  bool ParenthesizedList(bool (Precheck::*item)()) {
+    if (tok_.kind != Tok::kOpenParen) return false;
+    Advance();
+    do {
+      if (!(this->*item)()) return false;
+    } while (tok_.kind == Tok::kComma && (Advance(), true));
+    if (tok_.kind != Tok::kCloseParen) return false;
+    Advance();
+    return true;
+  }
   // INTO name [(name, ...)] VALUES (value, ...) [, (value, ...) ...]
   bool Insert() {
     if (!OptionalWord("into") || !Name()) return false;
-    if (tok_.kind == Tok::kOpenParen) {
-      Advance();
-      do {
-        if (!Name()) return false;
-      } while (tok_.kind == Tok::kComma && (Advance(), true));
-      if (tok_.kind != Tok::kCloseParen) return false;
-      Advance();
-    }
+    if (tok_.kind == Tok::kOpenParen && !ParenthesizedList(&Precheck::Name)) return false;
     if (!OptionalWord("values")) return false;
     do {
-      if (tok_.kind != Tok::kOpenParen) return false;
-      Advance();
-      do {
-        if (!Value()) return false;
-      } while (tok_.kind == Tok::kComma && (Advance(), true));
-      if (tok_.kind != Tok::kCloseParen) return false;
-      Advance();
+      if (!ParenthesizedList(&Precheck::Value)) return false;
     } while (tok_.kind == Tok::kComma && (Advance(), true));
     return true;
   }

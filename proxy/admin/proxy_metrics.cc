@@ -290,20 +290,20 @@ void ProxyMetrics::Reconfigure(const config::Config& config) {
   node_names_->Set(NodeNames(config));
 }
 
-std::vector<int64_t> ProxyMetrics::BackendConnections() const {
+std::vector<int64_t> ProxyMetrics::PerNode(const GaugeFamily& family) const {
   std::vector<int64_t> out;
   for (size_t i = 0; i < config::kMaxNodes; ++i) {
-    out.push_back(std::llround(registry_.Value(backend_connections.At(i))));
+    out.push_back(std::llround(registry_.Value(family.At(i))));
   }
   return out;
 }
 
+std::vector<int64_t> ProxyMetrics::BackendConnections() const {
+  return PerNode(backend_connections);
+}
+
 std::vector<int64_t> ProxyMetrics::PoolIdleConnections() const {
-  std::vector<int64_t> out;
-  for (size_t i = 0; i < config::kMaxNodes; ++i) {
-    out.push_back(std::llround(registry_.Value(pool_idle_connections.At(i))));
-  }
-  return out;
+  return PerNode(pool_idle_connections);
 }
 
 }  // namespace pgrelay::admin

@@ -134,6 +134,9 @@ class ProxyMetrics {
   // pgrelay_coordination_is_coordinator, pgrelay_coordination_members.
 
  private:
+  // A node-labelled gauge summed over every shard, per node slot.
+  std::vector<int64_t> PerNode(const GaugeFamily& family) const;
+
   const size_t workers_;
   std::shared_ptr<LiveLabelValues> node_names_;
   Registry registry_;

@@ -56,6 +56,11 @@ def alive(cluster, port: int, pid: int) -> bool:
                               (pid,)).fetchone()[0] == 1
 
 
+def wait_closed(cluster, pid: int, what: str) -> None:
+    """Waits until the primary's server process `pid` has exited."""
+    wait_until(lambda: not alive(cluster, cluster.primary_port, pid), timeout=10, what=what)
+
+
 def pids_by_app(cluster, port: int, app_name: str) -> set[int]:
     with node_connect(cluster, port) as direct:
         rows = direct.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s"
@@ -63,12 +68,13 @@ def pids_by_app(cluster, port: int, app_name: str) -> set[int]:
     return {r[0] for r in rows}
 
 
-def metric(relay, name: str, node: str) -> float:
-    """The value of `name`{node="..."} on pgrelay's /metrics (0 if absent)."""
+def metric(relay, name: str, node: str | None = None) -> float:
+    """The value of `name`{node="..."} (or of the unlabelled `name`) on pgrelay's /metrics; 0
+    if absent."""
     with urllib.request.urlopen(f"http://127.0.0.1:{relay.admin_port}/metrics", timeout=5) as r:
         text = r.read().decode()
-    pattern = re.compile(r'^' + re.escape(name) + r'\{[^}]*node="' + re.escape(node) + r'"[^}]*\} (\S+)$',
-                         re.M)
+    labels = r'\{[^}]*node="' + re.escape(node) + r'"[^}]*\}' if node is not None else ""
+    pattern = re.compile(r'^' + re.escape(name) + labels + r' (\S+)$', re.M)
     return sum(float(v) for v in pattern.findall(text))
 
 
@@ -96,8 +102,7 @@ def test_pool_off_by_default_closes_connections(make_pgrelay, cluster):
     app_name = unique()
     with relay.connect(autocommit=True, application_name=app_name) as conn:
         first = backend_pid(conn)
-    wait_until(lambda: not alive(cluster, cluster.primary_port, first), timeout=10,
-               what="the session's connection to close with it")
+    wait_closed(cluster, first, "the session's connection to close with it")
     with relay.connect(autocommit=True, application_name=app_name) as conn:
         assert backend_pid(conn) != first
 
@@ -218,8 +223,7 @@ def test_client_leaving_inside_a_transaction_is_not_pooled(pooled, cluster):
         pid = backend_pid(conn)
         conn.execute(f"INSERT INTO {table} VALUES (1)")
         conn.close()  # without COMMIT
-        wait_until(lambda: not alive(cluster, cluster.primary_port, pid), timeout=10,
-                   what="the connection left inside a transaction to be closed, not parked")
+        wait_closed(cluster, pid, "the connection left inside a transaction to be closed, not parked")
         with pooled.connect(autocommit=True, application_name=app_name) as conn:
             assert backend_pid(conn) != pid
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
@@ -254,8 +258,7 @@ def test_connection_that_ran_load_is_not_pooled(pooled, cluster):
     with pytest.raises(psycopg.Error):
         conn.execute("LOAD 'auto_explain'")
     conn.close()
-    wait_until(lambda: not alive(cluster, cluster.primary_port, pid), timeout=10,
-               what="the connection that ran LOAD to be closed")
+    wait_closed(cluster, pid, "the connection that ran LOAD to be closed")
     with pooled.connect(autocommit=True, application_name=app_name) as conn:
         assert backend_pid(conn) != pid
 
@@ -267,8 +270,7 @@ def test_parked_connection_ended_by_the_server_is_not_handed_out(pooled, cluster
     leave(pooled, conn)
     with node_connect(cluster, cluster.primary_port) as direct:
         assert direct.execute("SELECT pg_terminate_backend(%s)", (first,)).fetchone() == (True,)
-    wait_until(lambda: not alive(cluster, cluster.primary_port, first), timeout=10,
-               what="the backend to exit")
+    wait_closed(cluster, first, "the backend to exit")
     with pooled.connect(autocommit=True, application_name=app_name) as conn:
         assert backend_pid(conn) != first
         assert conn.execute("SELECT 1").fetchone() == (1,)
@@ -322,8 +324,7 @@ def test_idle_timeout_closes_parked_connections(make_pgrelay, cluster):
     with relay.connect(autocommit=True, application_name=app_name) as conn:
         first = backend_pid(conn)
     assert alive(cluster, cluster.primary_port, first)
-    wait_until(lambda: not alive(cluster, cluster.primary_port, first), timeout=10,
-               what="pool.idle_timeout to close the parked connection")
+    wait_closed(cluster, first, "pool.idle_timeout to close the parked connection")
     assert metric(relay, "pgrelay_pool_idle_connections", "pg1") == 0
     with relay.connect(autocommit=True, application_name=app_name) as conn:
         assert backend_pid(conn) != first
@@ -353,15 +354,13 @@ def test_reload_to_pool_off_closes_parked_connections(make_pgrelay, cluster):
     relay.config_path.write_text(to_yaml(relay.config) + "\n")
     relay.config_path.chmod(0o600)
     relay.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: not alive(cluster, cluster.primary_port, first), timeout=10,
-               what="the parked connection to close after the reload to pool.mode off")
+    wait_closed(cluster, first, "the parked connection to close after the reload to pool.mode off")
     assert metric(relay, "pgrelay_pool_idle_connections", "pg1") == 0
     # And nothing is parked any more.
     conn = relay.connect(autocommit=True, application_name=app_name)
     second = backend_pid(conn)
     conn.close()
-    wait_until(lambda: not alive(cluster, cluster.primary_port, second), timeout=10,
-               what="the session's connection to close with it")
+    wait_closed(cluster, second, "the session's connection to close with it")
 
 
 def test_reload_lowering_max_idle_closes_the_oldest(make_pgrelay, cluster):
@@ -403,9 +402,7 @@ def test_pgbench_connecting_per_transaction(make_pgrelay, cluster, tmp_path, mod
     wait_until(lambda: metric(relay, "pgrelay_pool_idle_connections", "pg1") >= 1, timeout=10,
                what="the last sessions' connections to be parked")
     parked = metric(relay, "pgrelay_pool_idle_connections", "pg1")
-    with urllib.request.urlopen(f"http://127.0.0.1:{relay.admin_port}/metrics", timeout=5) as r:
-        sessions = float(re.search(r"^pgrelay_client_connections_total (\S+)$", r.read().decode(),
-                                   re.M).group(1))
+    sessions = metric(relay, "pgrelay_client_connections_total")
     assert sessions >= 200  # pgbench's own first connection too
     assert 1 <= parked <= sessions - reused
 
@@ -417,8 +414,7 @@ def test_shutdown_with_parked_connections(make_pgrelay, cluster):
         first = backend_pid(conn)
     assert alive(cluster, cluster.primary_port, first)
     relay.stop()  # must exit 0 within its time limit, LeakSanitizer clean
-    wait_until(lambda: not alive(cluster, cluster.primary_port, first), timeout=10,
-               what="parked connections to close at shutdown")
+    wait_closed(cluster, first, "parked connections to close at shutdown")
 
 
 # ---------------------------------------------------------------------------------------------
