@@ -133,7 +133,7 @@ common_conf() {
 # ---- pgrelay test cluster (scripts/cluster.sh) ----
 listen_addresses = '$HOST'
 unix_socket_directories = '$DIR'
-max_connections = 300
+max_connections = 1100          # tests/bench/idle_rss.sh holds 1000 sessions
 wal_level = replica
 max_wal_senders = 10
 max_replication_slots = 10

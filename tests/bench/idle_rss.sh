@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): pgrelay's memory per idle client session. Starts a release pgrelay
 # (`leader`) on the local cluster, opens N client sessions that stay idle (each holds its
-# connection to the primary, as pgrelay has no server-side pool), and prints pgrelay's resident
-# memory (VmRSS from /proc) before and with them, and the difference per session.
+# connection to the primary: pgrelay pools server connections per session, not per
+# transaction), and prints pgrelay's resident memory (VmRSS from /proc) before and with them, and
+# the difference per session.
 #
-#   tests/bench/idle_rss.sh [--sessions 250] [--no-build]
+#   tests/bench/idle_rss.sh [--sessions 1000] [--no-build]
 #
-# N is bounded by the cluster's max_connections (300 in scripts/cluster.sh): each session holds
-# one PostgreSQL backend.
+# N is bounded by the cluster's max_connections (1100 in scripts/cluster.sh; a cluster made
+# before that setting has 300: recreate it with scripts/cluster.sh stop --destroy) and by open
+# files (two per session in pgrelay, one in this script).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-sessions=250
+sessions=1000
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -24,7 +26,16 @@ done
 source "$root/tests/bench/lib.sh"
 bench_args "${args[@]}"
 bench_setup
-start_relay leader
+max_conn=$(psql -X -h 127.0.0.1 -p "$PGRELAY_PG_PRIMARY_PORT" -U "$PGRELAY_PG_APP_USER" -Atc \
+  'show max_connections' "$PGRELAY_PG_DATABASE")
+if [ "$max_conn" -lt $((sessions + 10)) ]; then
+  echo "idle_rss: the cluster's max_connections is $max_conn, too low for $sessions sessions;" \
+    "recreate it (scripts/cluster.sh stop --destroy --dir $cluster_dir) or pass --sessions" >&2
+  exit 1
+fi
+# Two descriptors per session in pgrelay, one in the client below.
+ulimit -n $((3 * sessions + 256)) 2>/dev/null || true
+start_relay leader "limits: {max_client_connections: $((sessions + 100))}"
 relay_pid=${pids[-1]}
 export PGRELAY_PG_APP_USER PGRELAY_PG_APP_PASSWORD PGRELAY_PG_DATABASE
 
