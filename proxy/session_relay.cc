@@ -146,9 +146,6 @@ awaitable<bool> ClientSession::ClientPump() {
   }
   asio::steady_timer idle_timer(client_.get_executor());
   const auto idle_limit = config_->limits.client_idle_timeout;
-  const bool relay_reads = client_.RelayReads();
-  bool settled = false;  // no co_await since the last read (Transport::drained)
-  char last_type = 0;    // of the last whole message
   for (;;) {
     size_t needed = 0;
     for (;;) {
@@ -157,15 +154,10 @@ awaitable<bool> ClientSession::ClientPump() {
         // Most messages are relayed without waiting (and without a coroutine frame); the rest,
         // and everything that has to wait, take OnClientMessage.
         bool go_on;
-        last_type = f.type;
         if (RelayNow(f.type, f.bytes)) {
-          if (batch_.bytes.size() > kMaxHeldBatch) {
-            settled = false;
-            co_await SendBatch(false, true);
-          }
+          if (batch_.bytes.size() > kMaxHeldBatch) co_await SendBatch(false, true);
           go_on = !ending_;
         } else {
-          settled = false;
           go_on = co_await OnClientMessage(f.type, f.bytes);
         }
         client_buf_.Consume(f.bytes.size());
@@ -173,7 +165,6 @@ awaitable<bool> ClientSession::ClientPump() {
         continue;
       }
       if (f.kind == FrameScanner::Kind::kWhole || f.kind == FrameScanner::Kind::kPartial) {
-        last_type = 'd';
         outbox_.append(f.bytes);  // CopyData: to the backend in COPY mode
         client_buf_.Consume(f.bytes.size());
         continue;
@@ -196,57 +187,12 @@ awaitable<bool> ClientSession::ClientPump() {
       }
       co_return false;
     }
-    if (!FlushNow()) {
-      settled = false;
-      co_await Flush();
-    }
+    if (!FlushNow()) co_await Flush();
     if (ending_) co_return false;
-    // The client now waits for an answer: a reset that came with its last bytes shows when the
-    // answer is written (Transport::drained).
-    const bool awaits_answer = client_buf_.Unconsumed().empty() &&
-                               (last_type == 'Q' || last_type == 'S' || last_type == 'H' ||
-                                last_type == 'F' || last_type == 'c' || last_type == 'f');
-    const bool wait_first = settled && awaits_answer && client_.drained();
     if (client_buf_.Unconsumed().empty()) client_buf_.ShrinkIfIdle();
     client_buf_.MakeRoom(needed);
     auto buffer = asio::buffer(client_buf_.WritePtr(), client_buf_.WritableSize());
-    settled = false;
-    if (relay_reads) {
-      // Plain TCP: read at once unless the last read emptied the socket; wait for readiness
-      // only when the socket is empty.
-      error_code ec = asio::error::would_block;
-      size_t n = wait_first ? 0 : client_.ReadNow(buffer, ec);
-      bool idle = false;
-      while (ec == asio::error::would_block) {
-        if (idle_limit.count() > 0) {
-          using namespace asio::experimental::awaitable_operators;
-          idle_timer.expires_after(idle_limit);
-          auto r = co_await (client_.WaitReadable() || idle_timer.async_wait(kNoThrow));
-          if (r.index() == 1) {
-            idle = true;
-            break;
-          }
-          ec = std::get<0>(std::get<0>(r));
-        } else {
-          auto [waited] = co_await client_.WaitReadable();
-          ec = waited;
-        }
-        if (ec) co_return false;
-        n = client_.ReadNow(buffer, ec);
-      }
-      if (idle) {
-        if (tx_status_ == 'I' && !ending_) {
-          co_await SendFatal(sqlstate::kIdleSessionTimeout,
-                             "terminating connection due to idle-session timeout");
-          co_return false;
-        }
-        continue;
-      }
-      if (ec) co_return false;
-      client_buf_.Commit(n);
-      worker_.metrics->Inc(ctx_.metrics->client_bytes_received.At(), n);
-      settled = true;
-    } else if (idle_limit.count() > 0) {
+    if (idle_limit.count() > 0) {
       using namespace asio::experimental::awaitable_operators;
       idle_timer.expires_after(idle_limit);
       auto r = co_await (client_.ReadSome(buffer) || idle_timer.async_wait(kNoThrow));
@@ -1048,9 +994,6 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
   out.reserve(16);
   bool forward_current = false;  // decision for the message being streamed
   bool sent_status = false;      // status_sending_ is in `out`
-  const bool relay_reads = from.RelayReads();
-  bool settled = false;  // no co_await since the last read (Transport::drained)
-  char last_type = 0;    // of the last message begun
   for (;;) {
     out.clear();
     size_t completed = 0;  // groups whose ReadyForQuery is in this chunk
@@ -1070,7 +1013,6 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
       }
       std::string_view piece = f.bytes;
       if (f.kind == FrameScanner::Kind::kWhole || f.first_piece) {
-        last_type = f.type;
         if (f.type == 'S' && f.kind == FrameScanner::Kind::kWhole && !b->pool_key.empty()) {
           b->conn->NoteParameterStatus(f.bytes);  // for the session that takes it next
         }
@@ -1113,7 +1055,6 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
     if (!out.empty()) {
       bool failed = false;
       if (!WriteToClientNow(out, &failed)) {
-        settled = false;
         if (!co_await WriteToClient(out)) co_return;
       } else if (failed) {
         co_return;
@@ -1134,28 +1075,10 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
       b->reset_ok = b->reset_ok && in.Unconsumed().empty();
       co_return;
     }
-    // The server now waits for the next query: after ReadyForQuery with nothing after it
-    // (Transport::drained).
-    const bool wait_first =
-        settled && from.drained() && last_type == 'Z' && in.Unconsumed().empty();
-    settled = false;
     if (in.Unconsumed().empty()) in.ShrinkIfIdle();
     in.MakeRoom(needed);
     const asio::mutable_buffer space(in.WritePtr(), in.WritableSize());
-    error_code ec;
-    size_t n = 0;
-    if (relay_reads) {
-      // Plain TCP: as in ClientPump.
-      ec = asio::error::would_block;
-      if (!wait_first) n = from.ReadNow(space, ec);
-      while (ec == asio::error::would_block) {
-        auto [waited] = co_await from.WaitReadable();
-        ec = waited;
-        if (!ec) n = from.ReadNow(space, ec);
-      }
-    } else {
-      std::tie(ec, n) = co_await from.ReadSome(space);
-    }
+    auto [ec, n] = co_await from.ReadSome(space);
     if (ec) {
       if (!ending_) {
         const std::string why = b->dropped != nullptr    ? std::string(b->dropped)
@@ -1166,7 +1089,6 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
       co_return;
     }
     in.Commit(n);
-    settled = true;
   }
 }
 

@@ -1,14 +1,8 @@
 #include "proxy/transport.h"
 
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
-#include <sys/socket.h>
-
-#include <cerrno>
-#include <cstring>
 
 namespace pgrelay::proxy {
 
@@ -46,54 +40,6 @@ awaitable<error_code> Transport::ClientHandshake(std::shared_ptr<const BackendTl
     if (verify != X509_V_OK) *detail = X509_verify_cert_error_string(verify);
   }
   co_return ec;
-}
-
-bool Transport::RelayReads() {
-  if (tls_) return false;
-  if (inq_ == Inq::kUnknown) {
-    // Without TCP_INQ (kernels before 4.18) every read is tried at once, as Asio does.
-    const int on = 1;
-    inq_ = ::setsockopt(socket_.native_handle(), IPPROTO_TCP, TCP_INQ, &on, sizeof on) == 0
-               ? Inq::kOn
-               : Inq::kOff;
-  }
-  return true;
-}
-
-size_t Transport::ReadNow(asio::mutable_buffer buffer, error_code& ec) {
-  drained_ = false;
-  ec.clear();
-  if (buffer.size() == 0) return 0;
-  if (!NonBlocking(ec)) return 0;
-  iovec iov{buffer.data(), buffer.size()};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  if (inq_ == Inq::kOn) {
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-  }
-  for (;;) {
-    const ssize_t n = ::recvmsg(socket_.native_handle(), &msg, 0);
-    if (n > 0) {
-      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level == IPPROTO_TCP && c->cmsg_type == TCP_CM_INQ) {
-          int left = 0;
-          std::memcpy(&left, CMSG_DATA(c), sizeof left);
-          drained_ = left == 0;
-        }
-      }
-      return static_cast<size_t>(n);
-    }
-    if (n == 0) {
-      ec = asio::error::eof;
-      return 0;
-    }
-    if (errno == EINTR) continue;
-    ec = error_code(errno, asio::error::get_system_category());
-    return 0;
-  }
 }
 
 std::string Transport::PeerEndPointHash() {

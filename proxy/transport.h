@@ -49,30 +49,16 @@ class Transport {
   template <typename ConstBufferSequence>
   size_t WriteNow(const ConstBufferSequence& buffers, error_code& ec) {
     ec.clear();
-    if (tls_ || !NonBlocking(ec)) return 0;
+    if (tls_) return 0;
+    if (!non_blocking_) {
+      socket_.non_blocking(true, ec);
+      if (ec) return 0;
+      non_blocking_ = true;
+    }
     const size_t n = socket_.write_some(buffers, ec);
     if (ec == asio::error::would_block || ec == asio::error::try_again) ec.clear();
     return n;
   }
-  // The relay's reads on plain TCP (RelayReads() is false under TLS: use ReadSome).
-  //
-  // ReadNow makes one recvmsg and never waits: the bytes read; or 0 with ec = would_block when
-  // the socket is empty, eof at the end of the stream. The kernel also reports (TCP_INQ) what
-  // the read left behind: drained() is true when it emptied the socket and no end of stream is
-  // pending, so the next read may wait for readiness first (WaitReadable, then ReadNow) and skip
-  // the recv that would only return EAGAIN, the one Asio's async_read_some always tries first.
-  //
-  // That is safe only if the io_context ran nothing in between: readiness is edge-triggered,
-  // and an edge that arrives while no wait is queued is not reported again. So a caller waits
-  // first only straight after a drained ReadNow with no co_await since. A peer's close that
-  // came with its last data keeps drained() false (TCP_INQ reports a pending FIN as 1 byte);
-  // a reset that came with it does not, so a caller also waits first only when the peer now
-  // waits for an answer: writing that answer then fails and ends the session.
-  bool RelayReads();
-  size_t ReadNow(asio::mutable_buffer buffer, error_code& ec);
-  bool drained() const { return drained_; }
-  auto WaitReadable() { return socket_.async_wait(tcp::socket::wait_read, kNoThrow); }
-
   // After ClientHandshake: the node certificate's tls-server-end-point hash (channel binding).
   std::string PeerEndPointHash();
   void Close() {
@@ -85,19 +71,7 @@ class Transport {
   std::shared_ptr<const ServerTls> server_tls_;
   std::shared_ptr<const BackendTls> backend_tls_;  // keeps the client context alive
   std::unique_ptr<asio::ssl::stream<tcp::socket>> tls_;
-  bool NonBlocking(error_code& ec) {
-    if (!non_blocking_) {
-      socket_.non_blocking(true, ec);
-      if (ec) return false;
-      non_blocking_ = true;
-    }
-    return true;
-  }
-
-  enum class Inq : char { kUnknown, kOn, kOff };
-  bool non_blocking_ = false;  // the socket is in non-blocking mode for WriteNow and ReadNow
-  Inq inq_ = Inq::kUnknown;    // TCP_INQ, set on the first RelayReads
-  bool drained_ = false;       // see drained()
+  bool non_blocking_ = false;  // the socket is in non-blocking mode for WriteNow
 };
 
 }  // namespace pgrelay::proxy
