@@ -641,6 +641,64 @@ avg() {  # key sum-array-name -> average over successful rounds (empty if none)
                l, t, tps, f, rd, rb, lat, p50, p99, c }'
     done
   done
+  ratio() {  # workload target peer -> TPS ratio, or "-" when either failed
+    local a b
+    a=$(avg "$1|$2" tps_sum); b=$(avg "$1|$3" tps_sum)
+    if [ -z "$a" ] || [ -z "$b" ]; then echo -; return; fi
+    awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", ((b > 0) ? a / b : 0)}'
+  }
+  peers=(); relays=()
+  for t in pgbouncer haproxy pgpool; do ! want "$t" || peers+=("$t"); done
+  for t in "${targets[@]}"; do [[ $t != pgrelay* ]] || relays+=("$t"); done
+  if [ ${#peers[@]} -gt 0 ] && [ ${#relays[@]} -gt 0 ]; then
+    echo
+    echo "pgrelay's TPS over each peer's, same rounds (above 1: pgrelay ahead):"
+    echo
+    printf '| workload | target'; printf ' | / %s' "${peers[@]}"; echo ' |'
+    printf '|---|---'; for _ in "${peers[@]}"; do printf '|---'; done; echo '|'
+    for w in "${workloads[@]}"; do
+      read -r kind mode c <<<"$w"
+      for t in "${relays[@]}"; do
+        row="| $kind -M $mode -c $c | $t"
+        for p in "${peers[@]}"; do row+=" | $(ratio "$w" "$t" "$p")"; done
+        echo "$row |"
+      done
+    done
+  fi
+  # The performance targets of issue 8, as this run measured them.
+  target_rows=()
+  for w in "${workloads[@]}"; do
+    read -r kind mode c <<<"$w"
+    [ "$kind" = select-only ] || continue
+    if [ "$c" = 8 ] && want pgrelay-leader && { want pgbouncer || want haproxy; }; then
+      best=""
+      for p in pgbouncer haproxy; do
+        x=$(ratio "$w" pgrelay-leader "$p")
+        [ "$x" = - ] || best=$(awk -v a="${best:-999}" -v b="$x" 'BEGIN {print ((b < a) ? b : a)}')
+      done
+      [ -z "$best" ] || target_rows+=("| leader ≥ 1.10× the best of PgBouncer/HAProxy, $mode, 8 clients | $best | $(awk -v r="$best" 'BEGIN {print ((r >= 1.1) ? "yes" : "no")}') |")
+    fi
+    if [ "$c" = 8 ] && want pgrelay-follower && want pgpool; then
+      x=$(ratio "$w" pgrelay-follower pgpool)
+      [ "$x" = - ] || target_rows+=("| follower ≥ 2.50× Pgpool-II, $mode, 8 clients | $x | $(awk -v r="$x" 'BEGIN {print ((r >= 2.5) ? "yes" : "no")}') |")
+    fi
+    if [ "$c" = 1 ] && want direct && want pgrelay-leader; then
+      d=$(avg "$w|direct" lat_sum); x=$(avg "$w|pgrelay-leader" lat_sum)
+      if [ -n "$d" ] && [ -n "$x" ]; then
+        us=$(awk -v a="$x" -v b="$d" 'BEGIN {printf "%+.0f", (a - b) * 1000}')
+        target_rows+=("| leader's added latency ≤ 15 µs, $mode, 1 client | $us µs | $(awk -v u="$us" 'BEGIN {print ((u + 0 <= 15) ? "yes" : "no")}') |")
+      fi
+    fi
+  done
+  if [ ${#target_rows[@]} -gt 0 ]; then
+    echo
+    echo "Issue 8's targets in this run (ratios are pgrelay's TPS over the peer's; for the best of"
+    echo "two peers, over the faster one):"
+    echo
+    echo "| target | this run | met |"
+    echo "|---|---|---|"
+    printf '%s\n' "${target_rows[@]}"
+  fi
   if [ "$syscalls" = 1 ]; then
     echo
     echo "System calls and context switches of the proxy per transaction (perf stat on its process" \
