@@ -28,6 +28,7 @@ import os
 import pathlib
 import random
 import re
+import resource
 import secrets
 import shlex
 import signal
@@ -366,10 +367,12 @@ class Pgrelay(Target):
     """One pgrelay process with a config written to its own directory."""
 
     def __init__(self, binary: str, cluster: Cluster, workdir: pathlib.Path, extra: Optional[dict],
-                 wait_ready: bool = True, env: Optional[dict[str, str]] = None):
+                 wait_ready: bool = True, env: Optional[dict[str, str]] = None,
+                 nofile: Optional[tuple[int, int]] = None):
         super().__init__(cluster)
         self.binary = binary
         self.env = env  # added to pgrelay's environment
+        self.nofile = nofile  # (soft, hard) RLIMIT_NOFILE pgrelay starts with
         self.wait_ready = wait_ready
         self.workdir = workdir
         self.extra = extra or {}
@@ -396,9 +399,11 @@ class Pgrelay(Target):
                 log.write(f"==== start attempt {attempt + 1}: {self.binary} --config {self.config_path}\n".encode())
                 log.flush()
                 env = {**os.environ, **self.env} if self.env else None
+                nofile = self.nofile
+                preexec = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)) if nofile else None
                 self.proc = subprocess.Popen([self.binary, "--config", str(self.config_path)],
                                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                             env=env)
+                                             env=env, preexec_fn=preexec)
             deadline = time.monotonic() + START_TIMEOUT
             while True:
                 rc = self.proc.poll()
@@ -542,10 +547,12 @@ class PgrelayFactory:
         self.instances: list[Target] = []
 
     def __call__(self, extra: Optional[dict] = None, wait_ready: bool = True,
-                 env: Optional[dict[str, str]] = None) -> Target:
+                 env: Optional[dict[str, str]] = None,
+                 nofile: Optional[tuple[int, int]] = None) -> Target:
         """Starts a pgrelay with the default config deep-merged with `extra` (None values delete
         keys). wait_ready=False: do not wait for the admin /readyz (e.g. broken backend creds).
-        env: added to pgrelay's environment."""
+        env: added to pgrelay's environment. nofile: the (soft, hard) open files limit it starts
+        with."""
         if DIRECT:
             return DirectTarget(self.cluster)
         if not self.binary:
@@ -553,7 +560,7 @@ class PgrelayFactory:
         if not os.access(self.binary, os.X_OK):
             pytest.fail(f"PGRELAY_BIN={self.binary} is not an executable file", pytrace=False)
         relay = Pgrelay(self.binary, self.cluster, self.basedir / f"pgrelay{len(self.instances)}", extra,
-                        wait_ready, env)
+                        wait_ready, env, nofile)
         self.instances.append(relay)
         return relay.start()
 

@@ -3,6 +3,7 @@ messages, connection floods. pgrelay must answer with an ErrorResponse (real SQL
 the connection, never hang (every socket read here times out after 5 s), never crash, and keep
 serving normal clients afterwards."""
 
+import pathlib
 import random
 import socket
 import struct
@@ -328,6 +329,45 @@ def test_connection_limit_exact(make_pgrelay):
     finally:
         for s in sessions:
             s.close()
+
+
+def _open_files_limit(relay) -> tuple[int, int]:
+    for line in pathlib.Path(f"/proc/{relay.proc.pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open files limit in /proc/PID/limits")
+
+
+@pgrelay_only
+def test_open_files_limit_raised_for_the_configured_clients(make_pgrelay):
+    # Started with 64 descriptors: 40 sessions need 80 and more (a client and a primary
+    # connection each, besides listeners, health checks and the log).
+    relay = make_pgrelay({"limits": {"max_client_connections": 60}}, nofile=(64, 4096))
+    needed = 60 * (1 + len(relay.config["nodes"])) + 256
+    assert _open_files_limit(relay) == (needed, 4096)
+    assert f"open files limit raised from 64 to {needed}" in relay.log_path.read_text()
+    sessions = []
+    try:
+        for _ in range(40):
+            sessions.append(relay.raw_login())
+        for s in sessions:
+            assert s.simple_query("SELECT 1")[0] == [["1"]]
+    finally:
+        for s in sessions:
+            s.close()
+    relay.assert_healthy()
+
+
+@pgrelay_only
+def test_open_files_hard_limit_too_low_draws_a_warning(make_pgrelay):
+    relay = make_pgrelay({"limits": {"max_client_connections": 60}}, nofile=(64, 128))
+    assert _open_files_limit(relay) == (128, 128)
+    log = relay.log_path.read_text()
+    assert "open files are limited to 128 (hard limit 128)" in log, log
+    assert "raise the hard limit" in log
+    with relay.connect(autocommit=True) as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_config_readable_by_others_with_passwords_draws_a_warning(pgrelay_bin, tmp_path):
