@@ -192,10 +192,12 @@ awaitable<bool> ClientSession::ClientPump() {
     if (client_buf_.Unconsumed().empty()) client_buf_.ShrinkIfIdle();
     client_buf_.MakeRoom(needed);
     auto buffer = asio::buffer(client_buf_.WritePtr(), client_buf_.WritableSize());
+    const char* message_start = scanner.in_message() ? nullptr : client_buf_.Unconsumed().data();
     if (idle_limit.count() > 0) {
       using namespace asio::experimental::awaitable_operators;
       idle_timer.expires_after(idle_limit);
-      auto r = co_await (client_.ReadSome(buffer) || idle_timer.async_wait(kNoThrow));
+      auto r = co_await (client_.RelayRead(buffer, message_start, RelayPeer::kClient) ||
+                         idle_timer.async_wait(kNoThrow));
       if (r.index() == 1) {
         if (tx_status_ == 'I' && !ending_) {
           co_await SendFatal(sqlstate::kIdleSessionTimeout,
@@ -209,7 +211,7 @@ awaitable<bool> ClientSession::ClientPump() {
       client_buf_.Commit(n);
       worker_.metrics->Inc(ctx_.metrics->client_bytes_received.At(), n);
     } else {
-      auto [ec, n] = co_await client_.ReadSome(buffer);
+      auto [ec, n] = co_await client_.RelayRead(buffer, message_start, RelayPeer::kClient);
       if (ec) co_return false;
       client_buf_.Commit(n);
       worker_.metrics->Inc(ctx_.metrics->client_bytes_received.At(), n);
@@ -1078,7 +1080,8 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
     if (in.Unconsumed().empty()) in.ShrinkIfIdle();
     in.MakeRoom(needed);
     const asio::mutable_buffer space(in.WritePtr(), in.WritableSize());
-    auto [ec, n] = co_await from.ReadSome(space);
+    const char* message_start = scanner.in_message() ? nullptr : in.Unconsumed().data();
+    auto [ec, n] = co_await from.RelayRead(space, message_start, RelayPeer::kServer);
     if (ec) {
       if (!ending_) {
         const std::string why = b->dropped != nullptr    ? std::string(b->dropped)

@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "proxy/asio_common.h"
+#include "proxy/relay_read.h"
 #include "proxy/server_tls.h"
 
 namespace pgrelay::proxy {
@@ -43,6 +44,16 @@ class Transport {
     return tls_ ? asio::async_write(*tls_, buffers, kNoThrow)
                 : asio::async_write(socket_, buffers, kNoThrow);
   }
+  // The relay's reads: as ReadSome, but on plain TCP without the read that only returns
+  // EAGAIN after one that emptied the socket at a point where the peer waits for an answer
+  // (proxy/relay_read.h). `message_start`: the first unread byte before `buffer`, at a message
+  // boundary, or nullptr inside a message.
+  awaitable<std::tuple<error_code, size_t>> RelayRead(asio::mutable_buffer buffer,
+                                                      const char* message_start, RelayPeer peer) {
+    if (tls_) return tls_->async_read_some(buffer, kNoThrow);
+    if (!inq_) inq_ = EnableInq(socket_.native_handle()) ? 1 : -1;
+    return socket_.async_read_some(RelayReadBuffer(buffer, message_start, peer), kNoThrow);
+  }
   // Writes what the socket takes at once, without waiting: the bytes written (0 if it would
   // block). Plain TCP only: under TLS it writes nothing (use Write). Relaying a reply or a query
   // this way needs no coroutine frame, no reactor operation and no allocation.
@@ -72,6 +83,7 @@ class Transport {
   std::shared_ptr<const BackendTls> backend_tls_;  // keeps the client context alive
   std::unique_ptr<asio::ssl::stream<tcp::socket>> tls_;
   bool non_blocking_ = false;  // the socket is in non-blocking mode for WriteNow
+  int inq_ = 0;                // TCP_INQ: 0 not asked yet, 1 on, -1 not available
 };
 
 }  // namespace pgrelay::proxy

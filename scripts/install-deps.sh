@@ -12,7 +12,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   postgresql-15 postgresql-client-15 postgresql-contrib
   python3-psycopg python3-pytest python3-yaml
-  procps iproute2 curl prometheus etcd-server
+  procps iproute2 curl strace prometheus etcd-server
   openjdk-17-jdk-headless libpostgresql-jdbc-java
 )
 
