@@ -212,6 +212,11 @@ class ClientSession {
   void PushSwallowed(Backend* b);
   awaitable<bool> Flush();
   // Writes the outbox as far as the socket takes it at once; true when nothing is left.
+  // A write to `b` failed: close it so that its reader, which may wait without trying the
+  // socket, ends and answers the client.
+  void BackendWriteFailed(Backend* b, const error_code& ec);
+  // Replies `backend` (a Backend) still owes: its relay reads ask (proxy/relay_read.h).
+  static size_t RepliesOwed(const void* backend);
   bool FlushNow();
   // Until the current backend owes the client no reply (replies stay in order).
   awaitable<void> WaitCurrentDone();

@@ -15,17 +15,14 @@ namespace pgrelay::proxy {
 namespace {
 
 // The tail of the read can end a message after which the peer waits; only then is the whole
-// read walked. Sync, Flush and CopyDone are 5 bytes; Query and CopyFail end with a NUL;
-// ReadyForQuery is 6 bytes.
+// read walked. Sync is 5 bytes; a Query ends with a NUL; ReadyForQuery is 6 bytes. (Flush,
+// CopyDone and CopyFail do not count: the server may answer them with nothing.)
 bool TailMayAwait(const char* begin, const char* end, RelayPeer peer) {
   const size_t len = static_cast<size_t>(end - begin);
   if (peer == RelayPeer::kServer) {
     return len >= 6 && end[-6] == 'Z' && protocol::ReadBe32(end - 5) == 5;
   }
-  if (len >= 5 && protocol::ReadBe32(end - 4) == 4 &&
-      (end[-5] == 'S' || end[-5] == 'H' || end[-5] == 'c')) {
-    return true;
-  }
+  if (len >= 5 && end[-5] == 'S' && protocol::ReadBe32(end - 4) == 4) return true;
   return len >= 6 && end[-1] == '\0';
 }
 
@@ -37,15 +34,19 @@ bool PeerAwaitsAnswer(const RelayReadBuffer& buffer, size_t n) {
   const char* end = static_cast<const char*>(buffer.data()) + n;
   if (!TailMayAwait(begin, end, buffer.peer)) return false;
   char last = 0;
+  size_t ready = 0;  // ReadyForQuery messages
   for (const char* p = begin; p != end;) {
     if (end - p < 5) return false;
-    const uint32_t length = protocol::ReadBe32(p + 1);
-    if (length < 4 || size_t{length} + 1 > static_cast<size_t>(end - p)) return false;
+    const uint64_t length = protocol::ReadBe32(p + 1);
+    if (length < 4 || length + 1 > static_cast<uint64_t>(end - p)) return false;
     last = *p;
-    p += size_t{length} + 1;
+    if (last == 'Z') ++ready;
+    p += length + 1;
   }
-  if (buffer.peer == RelayPeer::kServer) return last == 'Z';
-  return last == 'Q' || last == 'S' || last == 'H' || last == 'c' || last == 'f';
+  if (buffer.peer == RelayPeer::kClient) return last == 'Q' || last == 'S';
+  // A server that still owes replies after these is not waiting for pgrelay (a pipelined
+  // query it had not read when it failed would go unnoticed).
+  return last == 'Z' && (buffer.owed == nullptr || ready >= buffer.owed(buffer.owed_context));
 }
 
 RelayReadStatus PerformRelayRead(int fd, const RelayReadBuffer& buffer, error_code& ec,
@@ -63,9 +64,12 @@ RelayReadStatus PerformRelayRead(int fd, const RelayReadBuffer& buffer, error_co
       ec = error_code();
       bytes = static_cast<size_t>(n);
       int left = -1;  // stays -1 without TCP_INQ
-      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level == IPPROTO_TCP && c->cmsg_type == TCP_CM_INQ) {
-          std::memcpy(&left, CMSG_DATA(c), sizeof left);
+      if ((msg.msg_flags & MSG_CTRUNC) == 0) {
+        for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+          if (c->cmsg_level == IPPROTO_TCP && c->cmsg_type == TCP_CM_INQ &&
+              c->cmsg_len >= CMSG_LEN(sizeof left)) {
+            std::memcpy(&left, CMSG_DATA(c), sizeof left);
+          }
         }
       }
       return left == 0 && PeerAwaitsAnswer(buffer, bytes) ? RelayReadStatus::kExhausted

@@ -9,19 +9,21 @@
 // A read into a RelayReadBuffer is one recvmsg with TCP_INQ: the kernel also reports how many
 // bytes the read left, and counts a received FIN as one (Linux's tcp_inq_hint). When nothing is
 // left and the bytes read complete messages after which the peer waits for pgrelay (a client's
-// Query, Sync, Flush, CopyDone or CopyFail; a server's ReadyForQuery), the read tells the
-// reactor the socket is exhausted, and the next read waits for readiness without trying the
-// socket first. Readiness the reactor saw meanwhile still counts: Asio notes any event that
+// Query or Sync; a server's ReadyForQuery for every reply it owes), the read tells the reactor
+// the socket is exhausted, and the next read waits for readiness without trying the socket
+// first. Readiness the reactor saw meanwhile still counts: Asio notes any event that
 // finds no read waiting and then tries at once, as before.
 //
 // Why both conditions:
 //   - Edge-triggered epoll reports a FIN that arrived together with the last data only once.
 //     A short read is therefore not proof of an empty socket; TCP_INQ's count is (the reverted
 //     2026-11-27 03:31 experiment hung here; tests/proxy/transport_test.cc holds the cases).
-//   - A reset that arrived with the data is not in TCP_INQ's count. When the peer waits for an
-//     answer, pgrelay writes one, and that write fails and ends the session. After anything
-//     else (a partial message, a Parse without Sync) the next read is tried at once, as
-//     before, and sees the reset.
+//   - A reset that arrived with the data is not in TCP_INQ's count. A client that waits for an
+//     answer gets one, and writing it fails and ends the session. A server that owes nothing
+//     more gets the next query, and that write fails and closes the connection
+//     (ClientSession::FlushNow). After anything else (a partial message, a Parse without Sync,
+//     a server that still owes replies) the next read is tried at once, as before, and sees
+//     the reset.
 //
 // This specialises Asio's receive operation for one buffer type (below). It depends on Boost
 // 1.81's reactor; another version fails the static_assert and needs this file checked again.
@@ -44,12 +46,22 @@ enum class RelayPeer : char { kClient, kServer };
 
 // The space to read into, plus what the read needs to judge the bytes it gets.
 struct RelayReadBuffer : asio::mutable_buffer {
-  RelayReadBuffer(asio::mutable_buffer space, const char* message_start, RelayPeer peer)
-      : asio::mutable_buffer(space), message_start(message_start), peer(peer) {}
+  using OwedFn = size_t (*)(const void* context);
+  RelayReadBuffer(asio::mutable_buffer space, const char* message_start, RelayPeer peer,
+                  OwedFn owed = nullptr, const void* owed_context = nullptr)
+      : asio::mutable_buffer(space),
+        message_start(message_start),
+        peer(peer),
+        owed(owed),
+        owed_context(owed_context) {}
   // The first unread byte of the stream in the same buffer, right before `space`, at a message
   // boundary; nullptr when the stream is inside a message (a streamed DataRow or CopyData).
   const char* message_start;
   RelayPeer peer;
+  // A server: how many ReadyForQuery it owes when the read completes (asked then, not when the
+  // read is started: the session may send more meanwhile).
+  OwedFn owed;
+  const void* owed_context;
 };
 
 // Whether [message_start, data() + n) is whole messages and the last one leaves the peer
@@ -71,7 +83,9 @@ bool EnableInq(int fd);
 namespace boost::asio::detail {
 
 // Asio's receive operation for a RelayReadBuffer: the same object layout and completion as for
-// any buffer, with PerformRelayRead as its perform step.
+// any buffer, with PerformRelayRead as its perform step. Only async_read_some on a connected
+// TCP socket uses it: it ignores the message flags (always 0 there) and the socket state, and
+// does not report to Asio's handler tracking.
 template <>
 class reactive_socket_recv_op_base<pgrelay::proxy::RelayReadBuffer> : public reactor_op {
  public:

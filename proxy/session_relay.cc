@@ -849,8 +849,7 @@ bool ClientSession::FlushNow() {
   error_code ec;
   const size_t n = current_->conn->transport().WriteNow(asio::buffer(outbox_), ec);
   if (ec) {
-    // A failed write shows up in the backend's reader as well, which answers the client.
-    PGRELAY_LOG(kDebug, "session", "client " << peer_ << ": write to backend failed");
+    BackendWriteFailed(current_, ec);
     outbox_.clear();
     return true;
   }
@@ -865,11 +864,28 @@ bool ClientSession::FlushNow() {
 awaitable<bool> ClientSession::Flush() {
   if (FlushNow()) co_return !ending_;
   const asio::const_buffer data(outbox_.data(), outbox_.size());
-  auto [ec, n] = co_await current_->conn->transport().Write(data);
+  Backend* b = current_;
+  auto [ec, n] = co_await b->conn->transport().Write(data);
   outbox_.clear();
-  // A failed write shows up in the backend's reader as well, which answers the client.
-  if (ec) PGRELAY_LOG(kDebug, "session", "client " << peer_ << ": write to backend failed");
+  if (ec) BackendWriteFailed(b, ec);
   co_return !ending_;
+}
+
+void ClientSession::BackendWriteFailed(Backend* b, const error_code& ec) {
+  // The connection is broken. Its reader may be waiting without trying the socket (a reset
+  // that came with the last reply is not reported again, proxy/relay_read.h): close it, and
+  // the reader answers the client (OnBackendLost).
+  PGRELAY_LOG(kDebug, "session",
+              "client " << peer_ << ": write to backend failed: " << ec.message());
+  if (!b->alive) return;
+  if (b->dropped == nullptr) b->dropped = "failed a write (connection broken)";
+  error_code ignored;
+  b->conn->socket().cancel(ignored);
+  b->conn->socket().close(ignored);
+}
+
+size_t ClientSession::RepliesOwed(const void* backend) {
+  return static_cast<const Backend*>(backend)->pending.size();
 }
 
 awaitable<void> ClientSession::WaitCurrentDone() {
@@ -1081,7 +1097,8 @@ awaitable<void> ClientSession::ReadBackend(Backend* b) {
     in.MakeRoom(needed);
     const asio::mutable_buffer space(in.WritePtr(), in.WritableSize());
     const char* message_start = scanner.in_message() ? nullptr : in.Unconsumed().data();
-    auto [ec, n] = co_await from.RelayRead(space, message_start, RelayPeer::kServer);
+    auto [ec, n] = co_await from.RelayRead(space, message_start, RelayPeer::kServer,
+                                           &ClientSession::RepliesOwed, b);
     if (ec) {
       if (!ending_) {
         const std::string why = b->dropped != nullptr    ? std::string(b->dropped)

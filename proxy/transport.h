@@ -49,10 +49,13 @@ class Transport {
   // (proxy/relay_read.h). `message_start`: the first unread byte before `buffer`, at a message
   // boundary, or nullptr inside a message.
   awaitable<std::tuple<error_code, size_t>> RelayRead(asio::mutable_buffer buffer,
-                                                      const char* message_start, RelayPeer peer) {
+                                                      const char* message_start, RelayPeer peer,
+                                                      RelayReadBuffer::OwedFn owed = nullptr,
+                                                      const void* owed_context = nullptr) {
     if (tls_) return tls_->async_read_some(buffer, kNoThrow);
     if (!inq_) inq_ = EnableInq(socket_.native_handle()) ? 1 : -1;
-    return socket_.async_read_some(RelayReadBuffer(buffer, message_start, peer), kNoThrow);
+    return socket_.async_read_some(RelayReadBuffer(buffer, message_start, peer, owed, owed_context),
+                                   kNoThrow);
   }
   // Writes what the socket takes at once, without waiting: the bytes written (0 if it would
   // block). Plain TCP only: under TLS it writes nothing (use Write). Relaying a reply or a query

@@ -60,10 +60,11 @@ def test_one_read_per_message_and_no_eagain_reads(make_pgrelay, tmp_path, mode):
     time.sleep(1.0)  # logged in and running
     trace = subprocess.Popen([STRACE, "-c", "-o", str(out), "-p", str(tid),
                               "-e", "trace=recvmsg,recvfrom,epoll_ctl,epoll_wait,sendto,sendmsg"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(2.0)
     trace.send_signal(signal.SIGINT)
-    trace.wait(timeout=10)
+    _, trace_err = trace.communicate(timeout=10)
+    assert "ptrace" not in trace_err, f"strace could not attach to pgrelay's worker: {trace_err}"
     output, _ = bench.communicate(timeout=30)
     assert bench.returncode == 0, output
     wait_until(lambda: out.exists() and "total" in out.read_text(), 5, what="strace's summary")

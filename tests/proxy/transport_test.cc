@@ -12,6 +12,7 @@
 
 #include <boost/asio/write.hpp>
 #include <chrono>
+#include <cstring>
 #include <optional>
 #include <string>
 
@@ -242,6 +243,59 @@ TEST_F(TransportTest, AResetThatCameWithAnAwaitedRequestShowsWhenTheAnswerIsWrit
   EXPECT_TRUE(write_ec) << "a write to a reset connection succeeded";
 }
 
+TEST(PeerAwaitsAnswer, AServerAwaitsOnlyWhenItOwesNoMoreReplies) {
+  std::string b = kReadyForQuery + kReadyForQuery;
+  size_t owed = 3;
+  auto owed_fn = [](const void* c) { return *static_cast<const size_t*>(c); };
+  auto awaits = [&] {
+    return PeerAwaitsAnswer(RelayReadBuffer(asio::buffer(b.data(), b.size()), b.data(),
+                                            RelayPeer::kServer, owed_fn, &owed),
+                            b.size());
+  };
+  EXPECT_FALSE(awaits()) << "two ReadyForQuery, three owed: a pipelined query is still out";
+  owed = 2;
+  EXPECT_TRUE(awaits());
+  owed = 1;
+  EXPECT_TRUE(awaits());
+}
+
+TEST_F(TransportTest, PerformRelayReadReportsExhaustedOnlyWhenNothingIsLeft) {
+  ASSERT_TRUE(EnableInq(transport_->socket().native_handle()));
+  transport_->socket().non_blocking(true);
+  const int fd = transport_->socket().native_handle();
+  char buf[64];
+  auto read = [&](error_code& ec, size_t& n) {
+    return PerformRelayRead(fd, RelayReadBuffer(asio::buffer(buf), buf, RelayPeer::kServer), ec, n);
+  };
+  error_code ec;
+  size_t n = 0;
+  EXPECT_EQ(read(ec, n), RelayReadStatus::kNotDone) << "nothing to read yet";
+  asio::write(peer_, asio::buffer(kReadyForQuery));
+  usleep(20'000);
+  EXPECT_EQ(read(ec, n), RelayReadStatus::kExhausted) << "a whole ReadyForQuery, nothing left";
+  EXPECT_EQ(n, kReadyForQuery.size());
+  asio::write(peer_, asio::buffer(kReadyForQuery.substr(0, 3)));
+  usleep(20'000);
+  EXPECT_EQ(read(ec, n), RelayReadStatus::kDone) << "half a message";
+  asio::write(peer_, asio::buffer(kReadyForQuery.substr(3)));
+  SendAndClose(kReadyForQuery);
+  usleep(20'000);
+  // The buffer starts mid-message now: read the rest into a fresh one at a boundary.
+  char rest[64];
+  std::memcpy(rest, buf, 3);
+  ec.clear();
+  n = 0;
+  EXPECT_EQ(
+      PerformRelayRead(
+          fd, RelayReadBuffer(asio::buffer(rest + 3, sizeof rest - 3), rest, RelayPeer::kServer),
+          ec, n),
+      RelayReadStatus::kDone)
+      << "whole messages, but the close behind them is pending";
+  EXPECT_EQ(n, 3 + kReadyForQuery.size());
+  EXPECT_EQ(read(ec, n), RelayReadStatus::kExhausted);
+  EXPECT_EQ(ec, asio::error::eof);
+}
+
 TEST(PeerAwaitsAnswer, WholeMessagesEndingWhereThePeerWaits) {
   auto awaits = [](const std::string& bytes, RelayPeer peer, size_t already = 0) {
     std::string b = bytes;
@@ -260,6 +314,8 @@ TEST(PeerAwaitsAnswer, WholeMessagesEndingWhereThePeerWaits) {
   EXPECT_TRUE(awaits(std::string("C\0\0\0\x0bSELECT\0", 12) + kReadyForQuery, RelayPeer::kServer));
   EXPECT_FALSE(awaits(kReadyForQuery, RelayPeer::kClient));
   EXPECT_FALSE(awaits(kSync, RelayPeer::kServer));
+  EXPECT_FALSE(awaits(std::string("H\0\0\0\4", 5), RelayPeer::kClient))
+      << "Flush: the server may answer it with nothing";
   // A DataRow whose last bytes look like a ReadyForQuery is not one.
   const std::string row = std::string("D\0\0\0\x10\0\1\0\0\0\6", 11) + kReadyForQuery;
   EXPECT_FALSE(awaits(row, RelayPeer::kServer));
