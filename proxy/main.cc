@@ -34,31 +34,6 @@ constexpr const char* kUsage =
     "  pgrelay --version             print the version\n"
     "  pgrelay --help                print this help\n";
 
-// Every client and server connection is a descriptor: raise the soft limit to what the
-// configuration may need (proxy/open_files.h), and say so when the hard limit is lower.
-void RaiseOpenFiles(const pgrelay::config::Config& config) {
-  const uint64_t needed =
-      pgrelay::proxy::OpenFilesNeeded(config, pgrelay::proxy::Server::WorkerCount(config));
-  std::string error;
-  const pgrelay::proxy::OpenFileLimit limit = pgrelay::proxy::RaiseOpenFileLimit(needed, &error);
-  if (!error.empty()) {
-    PGRELAY_LOG(kWarning, "server", "could not raise the open files limit: " << error);
-  } else if (limit.raised()) {
-    PGRELAY_LOG(kInfo, "server",
-                "open files limit raised from " << limit.soft_before << " to " << limit.soft);
-  }
-  if (limit.soft < needed) {
-    PGRELAY_LOG(kWarning, "server",
-                "open files are limited to " << limit.soft << " (hard limit " << limit.hard
-                                             << "), but limits.max_client_connections "
-                                             << config.limits.max_client_connections << " with "
-                                             << config.nodes.size() << " nodes may need " << needed
-                                             << ": raise the hard limit (ulimit -Hn, systemd "
-                                                "LimitNOFILE=) or lower "
-                                                "limits.max_client_connections");
-  }
-}
-
 int PrintErrors(const std::string& path, const pgrelay::config::LoadResult& result) {
   for (const auto& e : result.errors)
     std::fprintf(stderr, "%s: %s\n", path.c_str(), e.ToString().c_str());
@@ -171,7 +146,8 @@ int main(int argc, char** argv) {
               "pgrelay " << PGRELAY_VERSION << " starting, config " << config_path << ", strategy "
                          << pgrelay::config::ToString(result.config->strategy));
   for (const std::string& w : result.warnings) PGRELAY_LOG(kWarning, "config", w);
-  RaiseOpenFiles(*result.config);
+  pgrelay::proxy::RaiseOpenFilesFor(*result.config,
+                                    pgrelay::proxy::Server::WorkerCount(*result.config));
   pgrelay::health::Monitor monitor(result.config);
   // coordination.etcd: membership and the coordinator election (docs/coordination.md); only
   // the coordinator promotes, and only when a majority of the live members' views agree.

@@ -5,6 +5,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "config/log.h"
+
 namespace pgrelay::proxy {
 
 uint64_t OpenFilesNeeded(const config::Config& config, int workers) {
@@ -38,6 +40,28 @@ OpenFileLimit RaiseOpenFileLimit(uint64_t needed, std::string* error) {
   }
   out.soft = target;
   return out;
+}
+
+void RaiseOpenFilesFor(const config::Config& config, int workers) {
+  const uint64_t needed = OpenFilesNeeded(config, workers);
+  std::string error;
+  const OpenFileLimit limit = RaiseOpenFileLimit(needed, &error);
+  if (!error.empty()) {
+    PGRELAY_LOG(kWarning, "server", "could not raise the open files limit: " << error);
+  } else if (limit.raised()) {
+    PGRELAY_LOG(kInfo, "server",
+                "open files limit raised from " << limit.soft_before << " to " << limit.soft);
+  }
+  if (limit.soft < needed) {
+    PGRELAY_LOG(kWarning, "server",
+                "open files are limited to "
+                    << limit.soft << " (hard limit " << limit.hard
+                    << "), but limits.max_client_connections "
+                    << config.limits.max_client_connections << " with " << config.nodes.size()
+                    << " nodes may need " << needed
+                    << ": raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower "
+                       "limits.max_client_connections");
+  }
 }
 
 }  // namespace pgrelay::proxy

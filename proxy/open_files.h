@@ -2,7 +2,8 @@
 // default limits.max_client_connections (1000) and three nodes, up to 4000 of them, far above
 // the soft RLIMIT_NOFILE of 1024 that most systems start processes with. At start-up pgrelay
 // raises its soft limit as far as the configuration needs and the hard limit allows (HAProxy
-// does the same from its maxconn), and says so when the hard limit is too low.
+// does the same from its maxconn), again after every reload, and says so when the hard limit is
+// too low.
 #pragma once
 
 #include <cstdint>
@@ -27,5 +28,10 @@ struct OpenFileLimit {
 // Raises the soft RLIMIT_NOFILE to `needed`, or to the hard limit if that is lower; never
 // lowers it. On failure *error says why (the limit is then left as it was).
 OpenFileLimit RaiseOpenFileLimit(uint64_t needed, std::string* error);
+
+// RaiseOpenFileLimit(OpenFilesNeeded(config, workers)), logged: at start-up and after every
+// reload (a larger limits.max_client_connections may need more). A warning says what to do
+// when the hard limit is lower than needed.
+void RaiseOpenFilesFor(const config::Config& config, int workers);
 
 }  // namespace pgrelay::proxy

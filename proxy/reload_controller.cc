@@ -5,6 +5,7 @@
 #include "config/config_loader.h"
 #include "config/log.h"
 #include "config/reload.h"
+#include "proxy/open_files.h"
 #include "proxy/server.h"
 
 namespace pgrelay::proxy {
@@ -83,6 +84,7 @@ ReloadController::Outcome ReloadController::Reload() {
                 "the health monitor did not take the new config within "
                     << kApplyTimeout.count() << " s; it will when it is free");
   }
+  RaiseOpenFilesFor(*next, Server::WorkerCount(*next));
   parts_.lsn->Reconfigure(next);
   parts_.catalog->Reconfigure(next);
   parts_.metrics->Reconfigure(*next);

@@ -17,6 +17,7 @@ import pytest
 from conftest import (AUTH_SASL, DIRECT, PROTOCOL_3_0, SSL_REQUEST_CODE, ConnectionClosed, message,
                       parse_fields, pgrelay_only, query_message, request_packet, startup_packet,
                       wait_until)
+from test_reload import reload_ok, rewrite
 
 STARTUP_TIMEOUT_S = 2
 MAX_MESSAGE = 1 << 20  # 1MB
@@ -359,6 +360,20 @@ def test_open_files_limit_raised_for_the_configured_clients(make_pgrelay):
         for s in sessions:
             s.close()
     relay.assert_healthy()
+
+
+@pgrelay_only
+def test_open_files_limit_raised_again_by_a_reload(make_pgrelay):
+    hard = min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    relay = make_pgrelay({"limits": {"max_client_connections": 10}}, nofile=(64, hard))
+    nodes = len(relay.config["nodes"])
+    assert _open_files_limit(relay) == (min(10 * (1 + nodes) + 256, hard), hard)
+    rewrite(relay, {"limits": {"max_client_connections": 100}})
+    reload_ok(relay)
+    assert _open_files_limit(relay) == (min(100 * (1 + nodes) + 256, hard), hard)
+    rewrite(relay, {"limits": {"max_client_connections": 5}})
+    reload_ok(relay)
+    assert _open_files_limit(relay)[0] == min(100 * (1 + nodes) + 256, hard), "never lowered"
 
 
 @pgrelay_only
