@@ -67,7 +67,7 @@ class ClientSession {
     bool alive = true;
     bool reader_running = false;
     std::string rewritten;          // a FATAL relayed as ERROR (see RewriteFatal)
-    const char* dropped = nullptr;  // why pgrelay closed it (DropNode), for the log and client
+    const char* dropped = nullptr;  // why pgrelay closed it (CloseBackend), for the log and client
     bool counted = false;           // in pgrelay_backend_connections
     char status = 'I';              // transaction status of its last ReadyForQuery
     // pool.mode session: the key it is pooled under (empty: pooling off); at session end,
@@ -211,12 +211,14 @@ class ClientSession {
   void PushForward(Backend* b, const routing::UnitTraits& traits, bool statement);
   void PushSwallowed(Backend* b);
   awaitable<bool> Flush();
-  // Writes the outbox as far as the socket takes it at once; true when nothing is left.
   // A write to `b` failed: close it so that its reader, which may wait without trying the
   // socket, ends and answers the client.
   void BackendWriteFailed(Backend* b, const error_code& ec);
+  // Closes `b`'s socket, recording `why` for the reader that answers the client (OnBackendLost).
+  void CloseBackend(Backend* b, const char* why);
   // Replies `backend` (a Backend) still owes: its relay reads ask (proxy/relay_read.h).
   static size_t RepliesOwed(const void* backend);
+  // Writes the outbox as far as the socket takes it at once; true when nothing is left.
   bool FlushNow();
   // Until the current backend owes the client no reply (replies stay in order).
   awaitable<void> WaitCurrentDone();

@@ -877,8 +877,11 @@ void ClientSession::BackendWriteFailed(Backend* b, const error_code& ec) {
   // the reader answers the client (OnBackendLost).
   PGRELAY_LOG(kDebug, "session",
               "client " << peer_ << ": write to backend failed: " << ec.message());
-  if (!b->alive) return;
-  if (b->dropped == nullptr) b->dropped = "failed a write (connection broken)";
+  if (b->alive && b->dropped == nullptr) CloseBackend(b, "failed a write (connection broken)");
+}
+
+void ClientSession::CloseBackend(Backend* b, const char* why) {
+  b->dropped = why;
   error_code ignored;
   b->conn->socket().cancel(ignored);
   b->conn->socket().close(ignored);
@@ -1131,10 +1134,7 @@ void ClientSession::DropNode(int node, const char* why) {
   if (node < 0 || static_cast<size_t>(node) >= backends_.size()) return;
   Backend* b = backends_[node].get();
   if (b == nullptr || !b->alive) return;
-  b->dropped = why;
-  error_code ignored;
-  b->conn->socket().cancel(ignored);
-  b->conn->socket().close(ignored);
+  CloseBackend(b, why);
 }
 
 void ClientSession::OnBackendLost(Backend* b, std::string_view why) {

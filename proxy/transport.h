@@ -53,7 +53,10 @@ class Transport {
                                                       RelayReadBuffer::OwedFn owed = nullptr,
                                                       const void* owed_context = nullptr) {
     if (tls_) return tls_->async_read_some(buffer, kNoThrow);
-    if (!inq_) inq_ = EnableInq(socket_.native_handle()) ? 1 : -1;
+    if (!inq_asked_) {
+      inq_asked_ = true;
+      EnableInq(socket_.native_handle());  // without it the reads work as Asio's always do
+    }
     return socket_.async_read_some(RelayReadBuffer(buffer, message_start, peer, owed, owed_context),
                                    kNoThrow);
   }
@@ -86,7 +89,7 @@ class Transport {
   std::shared_ptr<const BackendTls> backend_tls_;  // keeps the client context alive
   std::unique_ptr<asio::ssl::stream<tcp::socket>> tls_;
   bool non_blocking_ = false;  // the socket is in non-blocking mode for WriteNow
-  int inq_ = 0;                // TCP_INQ: 0 not asked yet, 1 on, -1 not available
+  bool inq_asked_ = false;     // TCP_INQ requested for the relay's reads
 };
 
 }  // namespace pgrelay::proxy
