@@ -21,9 +21,9 @@
 //   - A reset that arrived with the data is not in TCP_INQ's count. A client that waits for an
 //     answer gets one, and writing it fails and ends the session. A server that owes nothing
 //     more gets the next query, and that write fails and closes the connection
-//     (ClientSession::BackendWriteFailed). After anything else (a partial message, a Parse without Sync,
-//     a server that still owes replies) the next read is tried at once, as before, and sees
-//     the reset.
+//     (ClientSession::BackendWriteFailed). After anything else (a partial message, a Parse
+//     without Sync, a server that still owes replies) the next read is tried at once, as
+//     before, and sees the reset.
 //
 // This specialises Asio's receive operation for one buffer type (below). It depends on Boost
 // 1.81's reactor; another version fails the static_assert and needs this file checked again.
